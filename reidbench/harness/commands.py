@@ -1,0 +1,88 @@
+"""CLI subcommands of the harness: ``train``, ``eval``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by everything that builds a RunConfig (shortcuts for common keys)."""
+    p.add_argument("--method", help="registered method (reidbench.methods.list_methods())")
+    p.add_argument("--dataset", help="registered dataset (reidbench.datasets.list_datasets())")
+    p.add_argument("--root", help="folder holding the dataset")
+    p.add_argument("--preset", choices=["tiny", "paper"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
+    p.add_argument("--output-dir", help="runs, checkpoints and the default MLflow store go here")
+    p.add_argument("--tracking-uri", help="any MLflow tracking URI (default: sqlite under --output-dir)")
+    p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. params.n_ctx=8")
+
+
+def run_config_from_args(args: argparse.Namespace, extra: list[str] = ()):
+    from .run_config import build_run_config
+
+    shortcuts = {"method": args.method, "data.dataset": args.dataset, "data.root": args.root,
+                 "preset": args.preset, "seed": args.seed, "output_dir": args.output_dir,
+                 "tracking.tracking_uri": args.tracking_uri, "tracking.experiment": args.experiment}
+    for key in ("workers", "strategy", "zero_stage"):
+        if getattr(args, key, None) is not None:
+            shortcuts[f"dist.{key}"] = getattr(args, key)
+    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(extra) + list(args.overrides)
+    return build_run_config(args.config, overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..config import ConfigError
+    from .api import train_run
+
+    try:
+        cfg = run_config_from_args(args)
+        metrics = train_run(cfg, resume=args.resume, force=args.force, progress=sys.stderr.isatty())
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
+        print(f"reidbench train: {exc}", file=sys.stderr)
+        return 2
+    print_metrics(cfg.run_name, metrics)
+    return 0
+
+
+def print_metrics(name: str, metrics: dict) -> None:
+    print(f"{name}  (MLflow run {metrics.get('run_id', '?')})")
+    for key in sorted(k for k in metrics if k.startswith("test/")):
+        print(f"  {key:32s} {metrics[key]:7.2f}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation_command import evaluate_checkpoint
+
+    return evaluate_checkpoint(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def add_commands(sub) -> None:
+    train = sub.add_parser("train", help="train and evaluate one method on one dataset")
+    add_run_arguments(train)
+    train.add_argument("--workers", type=int, help="Ray Train workers (1: in-process, no Ray)")
+    train.add_argument("--strategy", choices=["ddp", "deepspeed"])
+    train.add_argument("--zero-stage", dest="zero_stage", type=int, choices=[1, 2, 3])
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    train.add_argument("--force", action="store_true", help="resume even if the config changed")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test protocols")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint folder or its best.safetensors")
+    ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    ev.add_argument("--root")
+    ev.set_defaults(func=_eval)
+
+    demo = sub.add_parser("demo", help="the embedded default benchmark: synthetic data, tiny CLIP, every method")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--methods", default="*", help="glob over registered methods")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)

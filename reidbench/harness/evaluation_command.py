@@ -1,0 +1,50 @@
+"""``reidbench eval --checkpoint PATH [--dataset NAME --root DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import from_dict
+from ..datasets import build_dataset
+from . import checkpoint as ckpt
+from .commands import print_metrics
+from .run_config import RunConfig
+from .trainer import evaluate_test, prepare
+
+
+def locate(path: Path) -> tuple[Path, Path]:
+    """(weights file, folder holding config.yaml) for a checkpoint folder, a run folder or best.safetensors."""
+    if path.is_file():
+        config_dir = path.parent / "checkpoints" / "latest"
+        return path, config_dir if (config_dir / ckpt.CONFIG_FILE).exists() else path.parent
+    if (path / ckpt.MODEL_FILE).exists():
+        return path / ckpt.MODEL_FILE, path
+    if (path / "best.safetensors").exists():
+        return path / "best.safetensors", path / "checkpoints" / "latest"
+    raise FileNotFoundError(f"{path}: expected a checkpoint folder (with {ckpt.MODEL_FILE}), a run folder "
+                            "(with best.safetensors) or a .safetensors file")
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    try:
+        weights, config_dir = locate(Path(args.checkpoint))
+        if not (config_dir / ckpt.CONFIG_FILE).exists():
+            raise FileNotFoundError(f"no {ckpt.CONFIG_FILE} beside {weights} (looked in {config_dir})")
+        cfg = from_dict(RunConfig, ckpt.read_config(config_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"reidbench eval: {exc}", file=sys.stderr)
+        return 2
+    # The model is rebuilt as trained (its classifier sizes come from the training set),
+    # then evaluated on the requested dataset's test protocols.
+    prep = prepare(cfg)
+    ckpt.load_weights(prep.method, weights)
+    if args.dataset or args.root:
+        cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset or cfg.data.dataset,
+                                        root=args.root if args.root else cfg.data.root))
+        prep = replace(prep, dataset=build_dataset(cfg.data.dataset, cfg.data.root))
+    metrics = evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device)
+    print_metrics(f"{cfg.run_name} [{weights}] on {cfg.data.dataset}", metrics)
+    return 0

@@ -1,0 +1,107 @@
+"""The run configuration: what ``reidbench train`` reads from YAML and ``key=value`` overrides.
+
+``params`` holds the method's own hyperparameters and ablation switches; they are
+validated against the method's config dataclass (a misspelt key names the closest
+one), after the method's preset values, so ``params.n_ctx=8`` overrides a preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import from_dict, load_config, merge, to_dict
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic_market"
+    root: str | None = None  # None: the synthetic benchmark, generated and cached on first use
+    image_size: tuple[int, int] | None = None  # None: the backbone preset's input size
+    p: int = 16  # identities per batch
+    k: int = 4  # images per identity
+    num_workers: int = 2
+    eval_batch_size: int = 128
+    val_fraction: float = 0.1  # training identities held out for model selection (never the test split)
+
+
+@dataclass
+class BackboneConfig:
+    preset: str = "tiny"
+    pretrained: str | None = "synthetic"  # None: random init; "synthetic": cached tiny CLIP; else a local HF dir
+    sie: bool = False  # CLIP-ReID's side-information (camera) embedding
+
+
+@dataclass
+class OptimConfig:
+    amp: bool = False  # bf16 autocast (CPU or GPU)
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    epochs_scale: float = 1.0  # multiply every stage's epochs (rounded up); quick checks
+
+
+@dataclass
+class DistConfig:
+    workers: int = 1
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] = 2
+    use_gpu: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = None  # None: sqlite:///<output_dir>/mlflow.db
+    experiment: str = "reidbench-default"
+    sweep: str = ""
+    ablation: str = "default"
+
+
+@dataclass
+class RunConfig:
+    method: str = "clip_reid"
+    preset: Literal["tiny", "paper"] = "tiny"
+    seed: int = 0
+    output_dir: str = "runs"
+    params: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def run_name(self) -> str:
+        """``method/ablation/dataset/seed`` (DESIGN.md tracking conventions)."""
+        return f"{self.method}/{self.tracking.ablation}/{self.data.dataset}/{self.seed}"
+
+
+# Run-level presets: the harness part of a preset (backbone, input, batch). The
+# method part (epochs, lrs) comes from the method module's ``PRESETS``.
+RUN_PRESETS: dict[str, dict] = {
+    "tiny": {"backbone": {"preset": "tiny", "pretrained": "synthetic"}, "data": {"p": 8, "k": 4}},
+    "paper": {"backbone": {"preset": "vit-b16", "pretrained": None}, "data": {"p": 16, "k": 4}},
+}
+
+
+def build_run_config(files=(), overrides=(), base: dict | None = None) -> RunConfig:
+    """YAML files then overrides, on top of the preset they name (``preset=paper``)."""
+    probe = load_config(RunConfig, files, overrides, base)
+    preset_values = RUN_PRESETS[probe.preset]
+    return load_config(RunConfig, files, overrides, merge(preset_values, base or {}))
+
+
+def method_config(cfg: RunConfig) -> Any:
+    """The method's typed config: its preset values, then ``cfg.params``."""
+    from ..methods import get_method
+
+    cls = get_method(cfg.method)
+    presets = getattr(cls, "PRESETS", {})
+    values = merge(presets.get(cfg.preset, {}), cfg.params)
+    return from_dict(cls.config_cls, values, prefix="params.")
+
+
+def resolved_dict(cfg: RunConfig) -> dict:
+    """The whole run config with the method's params fully resolved (what is logged and checkpointed)."""
+    out = to_dict(cfg)
+    out["params"] = to_dict(method_config(cfg))
+    return out

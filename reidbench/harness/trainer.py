@@ -1,0 +1,401 @@
+"""One training loop for every method (DESIGN.md: config -> dataset -> samples -> sampler
++ transforms -> method -> trainer -> evaluation -> MLflow).
+
+The loop knows nothing about which method it runs: it asks the method for its
+stages, freezes what a stage does not train, builds the optimizer and learning
+rate schedule of the stage, sums the method's named loss terms with the stage's
+weights, checkpoints every epoch, selects the model on a validation split carved
+from the training identities, and evaluates the test split once at the end.
+
+It runs in-process for a single worker and inside Ray Train workers otherwise;
+``WorkerEnv`` is the only thing that differs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..datasets import ReidDataset, Sample, build_dataset
+from ..methods import Method, Stage, get_method
+from . import checkpoint as ckpt
+from .evaluate import rank_metrics_from_features, retrieval_metrics
+from .run_config import RunConfig, method_config, resolved_dict
+
+DEEPSPEED_DIR = "deepspeed"
+
+
+class CheckpointStore(Protocol):
+    """Where epoch checkpoints go: a local folder, or Ray Train's storage."""
+
+    def latest(self) -> Path | None: ...
+
+    def save(self, write: Callable[[Path], None], metrics: dict[str, float]) -> None: ...
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+@dataclass
+class WorkerEnv:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    store: CheckpointStore | None = None
+    tracker: Tracker | None = None  # rank 0 only
+    progress: bool = False
+    on_epoch: Callable[[dict[str, float]], None] | None = None  # e.g. a sweep's report
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(stage: Stage, epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for ``epoch`` (0-based): linear warmup from
+    ``warmup_factor``, then cosine to 0, step decay at ``milestones``, or constant."""
+    if epoch < stage.warmup_epochs:
+        alpha = epoch / stage.warmup_epochs
+        return stage.warmup_factor * (1 - alpha) + alpha
+    if stage.schedule == "cosine":
+        t = (epoch - stage.warmup_epochs) / max(1, epochs - stage.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if stage.schedule == "steps":
+        return stage.gamma ** bisect.bisect_right(stage.milestones, epoch)
+    return 1.0
+
+
+def stage_epochs(stage: Stage, cfg: RunConfig) -> int:
+    return max(1, math.ceil(stage.epochs * cfg.optim.epochs_scale))
+
+
+def set_trainable(method: nn.Module, stage: Stage) -> list[str]:
+    """Freeze every parameter outside the stage's ``trainable`` prefixes; return the trained names."""
+    names = []
+    for name, p in method.named_parameters():
+        p.requires_grad_(any(name.startswith(prefix) for prefix in stage.trainable))
+        if p.requires_grad:
+            names.append(name)
+    if not names:
+        raise ValueError(f"stage {stage.name!r}: no parameter matches trainable prefixes {stage.trainable}")
+    return names
+
+
+def build_optimizer(method: nn.Module, stage: Stage) -> torch.optim.Optimizer:
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in method.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = next((m for prefix, m in stage.param_groups if name.startswith(prefix)), 1.0)
+        groups.setdefault(mult, []).append(p)
+    param_groups = [{"params": ps, "lr": stage.lr * m, "base_lr": stage.lr * m} for m, ps in groups.items()]
+    if stage.optimizer == "adam":
+        return torch.optim.Adam(param_groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=stage.weight_decay)
+    return torch.optim.SGD(param_groups, lr=stage.lr, momentum=0.9, weight_decay=stage.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]
+
+
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of the training identities for model selection.
+
+    Returns (train relabelled 0..M-1, val query, val gallery). Each held-out identity
+    gives its first image (by path) as the query and the rest as gallery. The query's
+    camera id is set to -1 so no gallery item is junk: validation ranks every other
+    image of the identity, on any camera (it selects models, it is never reported as
+    a benchmark number).
+    """
+    pids = sorted({s.pid for s in train})
+    n_val = int(round(len(pids) * fraction))
+    if fraction <= 0 or n_val == 0:
+        return train, [], []
+    if len(pids) - n_val < 2:
+        raise ValueError(f"val_fraction={fraction} leaves fewer than 2 training identities out of {len(pids)}")
+    rng = random.Random(seed)
+    val_pids = set(rng.sample(pids, n_val))
+    keep = [s for s in train if s.pid not in val_pids]
+    relabel = {p: i for i, p in enumerate(sorted({s.pid for s in keep}))}
+    keep = [replace(s, pid=relabel[s.pid]) for s in keep]
+    by_pid: dict[int, list[Sample]] = {}
+    for s in sorted((s for s in train if s.pid in val_pids), key=lambda s: s.path):
+        by_pid.setdefault(s.pid, []).append(s)
+    query, gallery = [], []
+    for items in by_pid.values():
+        if len(items) < 2:
+            continue
+        query.append(replace(items[0], camid=-1))
+        gallery.extend(items[1:])
+    return keep, query, gallery
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class _StepModule(nn.Module):
+    """Lets DDP / DeepSpeed wrap a method: their hooks fire on ``forward``."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: dict, stage: Stage) -> dict[str, torch.Tensor]:
+        return self.method.training_step(batch, stage)
+
+
+@torch.no_grad()
+def embed(method: Method, loader: Iterable[dict], device: torch.device, text: bool = False) -> Any:
+    method.eval()
+    chunks = []
+    for batch in loader:
+        batch = to_device(batch, device)
+        chunks.append(method.embed_text(batch) if text else method.embed_image(batch))
+    if isinstance(chunks[0], dict):
+        return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+    return torch.cat(chunks)
+
+
+def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample], protocol: str,
+                       cfg: RunConfig, image_size: tuple[int, int], device: torch.device) -> Any:
+    """Embed query and gallery with the method and score them with the evaluation engine."""
+    from ..datasets.loader import build_eval_loader, build_text_loader
+
+    bs = cfg.data.eval_batch_size
+    gf = embed(method, build_eval_loader(gallery, image_size, bs), device)
+    if protocol == "t2i":
+        qf = embed(method, build_text_loader(query, bs), device, text=True)
+        return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery])
+    qf = embed(method, build_eval_loader(query, image_size, bs), device)
+    own_distance = type(method).distance is not Method.distance
+    return rank_metrics_from_features(
+        qf, gf,
+        np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
+        np.array([s.camid for s in query]), np.array([s.camid for s in gallery]),
+        q_clothes=_clothes(query), g_clothes=_clothes(gallery),
+        protocol=protocol, metric=method.distance if own_distance else "cosine",
+    )
+
+
+def _clothes(samples: list[Sample]) -> np.ndarray | None:
+    if any(s.clothes_id is None for s in samples):
+        return None
+    return np.array([s.clothes_id for s in samples])
+
+
+@dataclass
+class Prepared:
+    """Everything a run builds before its first step."""
+
+    dataset: ReidDataset
+    train: list[Sample]
+    val_query: list[Sample]
+    val_gallery: list[Sample]
+    method: Method
+    image_size: tuple[int, int]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    from ..backbones import build_clip
+
+    dataset = build_dataset(cfg.data.dataset, cfg.data.root)
+    train, vq, vg = split_validation(dataset.splits["train"], cfg.data.val_fraction, cfg.seed)
+    num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
+    backbone = build_clip(cfg.backbone.preset, pretrained=cfg.backbone.pretrained, image_size=cfg.data.image_size,
+                          num_cameras=num_cameras if cfg.backbone.sie else 0)
+    method_cls = get_method(cfg.method)
+    method = method_cls(method_config(cfg), backbone, num_classes=len({s.pid for s in train}), num_cameras=num_cameras)
+    return Prepared(dataset, train, vq, vg, method, tuple(backbone.image_size))
+
+
+def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
+    """Train ``cfg`` from scratch or from the latest checkpoint in ``env.store``; return final metrics."""
+    from ..datasets.loader import build_eval_loader, build_train_loader
+
+    seed_everything(cfg.seed)
+    prep = prepare(cfg)
+    method = prep.method.to(env.device)
+    config_dict = resolved_dict(cfg)
+    stages = method.stages()
+    state: dict[str, Any] = {"stage_index": 0, "epoch": 0, "best": {"score": -1.0, "stage": -1, "epoch": -1}}
+    resume_dir = env.store.latest() if env.store else None
+    if resume_dir is not None:
+        ckpt.load_weights(method, resume_dir / ckpt.MODEL_FILE)
+        state = ckpt.read_train_state(resume_dir)
+
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    best_path = run_dir / "best.safetensors"
+    if cfg.data.p % env.world_size:
+        raise ValueError(f"data.p={cfg.data.p} identities per batch must divide evenly over {env.world_size} workers")
+    # The global batch stays P x K whatever the worker count: each rank takes P / world identities.
+    train_loader = build_train_loader(prep.train, prep.image_size, cfg.data.p // env.world_size, cfg.data.k, cfg.seed,
+                                      rank=env.rank, world_size=env.world_size, num_workers=cfg.data.num_workers)
+    final_metrics: dict[str, float] = {}
+
+    def clean_batches() -> Iterable[dict]:
+        for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size):
+            yield to_device(batch, env.device)
+
+    for stage_index in range(state["stage_index"], len(stages)):
+        stage = stages[stage_index]
+        epochs = stage_epochs(stage, cfg)
+        start_epoch = state["epoch"] if stage_index == state["stage_index"] else 0
+        resuming_here = resume_dir is not None and stage_index == state["stage_index"]
+        if start_epoch >= epochs:
+            # Resumed right after this stage ended: the next stage starts from the RNG state saved then.
+            if resuming_here:
+                ckpt.set_rng_state(state["rng"])
+            continue
+        set_trainable(method, stage)
+        method.begin_stage(stage, clean_batches)
+        step_module, optimizer, engine = wrap_for_training(method, stage, cfg, env)
+        if resuming_here:
+            if engine is not None:
+                engine.load_checkpoint(str(resume_dir / DEEPSPEED_DIR), load_module_strict=False)
+            else:
+                optimizer.load_state_dict(state["optimizer"])
+            ckpt.set_rng_state(state["rng"])
+        weights = dict(stage.loss_weights)
+        is_last = stage_index == len(stages) - 1
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            lr = set_lr(optimizer, lr_factor(stage, epoch, epochs))
+            train_loader.batch_sampler.set_epoch(epoch)
+            sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env)
+            metrics = {f"train/{k}": v for k, v in sums.items()}
+            metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})
+            if is_last and prep.val_query and env.is_main:
+                val = evaluate_retrieval(method, prep.val_query, prep.val_gallery, "standard", cfg,
+                                         prep.image_size, env.device).summary()
+                metrics.update({f"val/{k}": v for k, v in val.items()})
+                if val["mAP"] > state["best"]["score"]:
+                    state["best"] = {"score": val["mAP"], "stage": stage_index, "epoch": epoch}
+                    best_path.parent.mkdir(parents=True, exist_ok=True)
+                    ckpt.save_weights(method, best_path)
+            step = stage_step_offset(stages, cfg, stage_index) + epoch
+            if env.tracker is not None:
+                env.tracker.log_metrics(metrics, step=step)
+            state.update(stage_index=stage_index, epoch=epoch + 1, rng=ckpt.rng_state())
+            if engine is None:
+                state["optimizer"] = optimizer.state_dict()
+
+            def write(folder: Path) -> None:
+                if env.is_main:
+                    ckpt.write_checkpoint(folder, method, state, config_dict)
+                if engine is not None:  # every rank saves its ZeRO shard
+                    engine.save_checkpoint(str(folder / DEEPSPEED_DIR))
+
+            if env.store is not None:
+                env.store.save(write, metrics)
+            if env.on_epoch is not None:
+                env.on_epoch(metrics)
+            final_metrics = metrics
+        state.pop("optimizer", None)
+
+    if env.is_main:
+        if best_path.exists() and state["best"]["epoch"] >= 0:
+            ckpt.load_weights(method, best_path)
+        final_metrics = {**final_metrics, **evaluate_test(method, prep, cfg, env.device)}
+        final_metrics["best_epoch"] = float(state["best"]["epoch"])
+        if env.tracker is not None:
+            env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
+                                    step=stage_step_offset(stages, cfg, len(stages)))
+    return final_metrics
+
+
+def stage_step_offset(stages: list[Stage], cfg: RunConfig, stage_index: int) -> int:
+    """Global epoch number at the start of a stage (MLflow step axis)."""
+    return sum(stage_epochs(s, cfg) for s in stages[:stage_index])
+
+
+def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    out = {}
+    for ev in prep.dataset.evaluations:
+        result = evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
+                                    ev.protocol, cfg, prep.image_size, device)
+        out.update({f"test/{ev.name}/{k}": v for k, v in result.summary().items()})
+    return out
+
+
+def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerEnv):
+    """Return (callable step module, optimizer, deepspeed engine or None)."""
+    if env.world_size > 1 and cfg.dist.strategy == "deepspeed":
+        from .distributed import deepspeed_engine
+
+        engine = deepspeed_engine(_StepModule(method), stage, cfg)
+        return engine, engine.optimizer, engine
+    optimizer = build_optimizer(method, stage)
+    module: nn.Module = _StepModule(method)
+    if env.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        module = DistributedDataParallel(module, find_unused_parameters=True,
+                                         device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return module, optimizer, None
+
+
+def run_epoch(module, engine, optimizer, loader, stage: Stage, weights: dict[str, float], cfg: RunConfig,
+              env: WorkerEnv) -> dict[str, float]:
+    """One pass over the sampler; returns the epoch mean of every loss term (averaged over ranks)."""
+    module.train()
+    accum = cfg.optim.grad_accum
+    totals: dict[str, float] = {}
+    n = 0
+    batches = loader
+    if env.progress and env.is_main:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=f"{stage.name}", leave=False)
+    limit = stage.batches_per_epoch
+    for i, batch in enumerate(batches):
+        if limit is not None and i >= limit:
+            break
+        batch = to_device(batch, env.device)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.optim.amp):
+            terms = module(batch, stage)
+        loss = sum(weights.get(name, 1.0) * value for name, value in terms.items())
+        if engine is not None:
+            engine.backward(loss)
+            engine.step()
+        else:
+            (loss / accum).backward()
+            if (i + 1) % accum == 0:
+                if cfg.optim.grad_clip:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                   cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+        totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        n += 1
+    means = {k: v / max(n, 1) for k, v in totals.items()}
+    if env.world_size > 1:
+        import torch.distributed as dist
+
+        keys = sorted(means)
+        t = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=env.device)
+        dist.all_reduce(t)
+        means = {k: float(v) / env.world_size for k, v in zip(keys, t)}
+    return means

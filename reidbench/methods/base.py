@@ -1,0 +1,127 @@
+"""The method interface (DESIGN.md, "Contracts") and the method registry.
+
+A method is a ``torch.nn.Module`` with a typed config dataclass. It never opens
+files, parses configs, logs or talks to Ray: the harness hands it a backbone,
+batches and stages, and reads back named loss terms and embeddings.
+
+Batch dict keys the harness provides (tensors unless noted):
+  image [B,3,H,W] float, normalised; pid [B] long (train: 0..N-1); camid [B] long;
+  clothes_id [B] long (-1 unknown); index [B] long (position in the split);
+  mask [B,H,W] long part labels 0..5 (0 background) when the dataset has masks;
+  parsing [B,H,W] long LIP labels when present; visible [B,5] bool part visibility;
+  captions: list[str] (one caption per sample, "" when none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage. The harness runs a method's stages in order and
+    checkpoints between them.
+
+    ``trainable`` lists parameter-name prefixes (of the method module) that train in
+    this stage; every other parameter is frozen. ``("",)`` trains everything.
+    ``param_groups`` maps a prefix to an lr multiplier (e.g. new modules at 10x).
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    trainable: tuple[str, ...] = ("",)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "steps", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.1
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    param_groups: tuple[tuple[str, float], ...] = ()
+    loss_weights: tuple[tuple[str, float], ...] = ()  # weight per loss-term name; unnamed terms weigh 1
+    batches_per_epoch: int | None = None  # None: one pass of the sampler
+
+
+class Method(nn.Module):
+    """Base class; subclasses set ``name`` and ``config_cls`` and register with ``@register_method``."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type] = object
+    tasks: ClassVar[tuple[str, ...]] = ("image",)  # dataset tasks it handles: "image" and/or "text"
+    PRESETS: ClassVar[dict[str, dict]] = {}  # preset name -> config overrides ("tiny" for CPU; "paper")
+
+    def __init__(self, config: Any, backbone: nn.Module, num_classes: int, num_cameras: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.num_cameras = num_cameras
+
+    # -- training --------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError(f"{type(self).__name__} must define stages()")
+
+    def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:
+        """Hook before a stage starts. ``train_batches()`` iterates the training split
+        once without augmentation (eval transforms), for methods that precompute
+        features (CLIP-ReID caches image features for stage 1 and identity text
+        features for stage 2). Whether to run in eval mode / under ``torch.no_grad``
+        is the method's choice."""
+
+    def training_step(self, batch: dict, stage: Stage) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step()")
+
+    # -- inference -------------------------------------------------------
+    def embed_image(self, batch: dict) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define embed_image()")
+
+    def embed_text(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no text embedding")
+
+    def distance(self, query: Any, gallery: Any) -> torch.Tensor:
+        """Query x gallery distances, smaller is closer. Default: cosine distance."""
+        return 1.0 - F.normalize(query, dim=-1) @ F.normalize(gallery, dim=-1).T
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _METHODS:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    if not dataclasses.is_dataclass(cls.config_cls):
+        raise TypeError(f"method {cls.name!r}: config_cls must be a dataclass")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    _load_methods()
+    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def get_method(name: str) -> type[Method]:
+    _load_methods()
+    if name not in _METHODS:
+        close = difflib.get_close_matches(name, _METHODS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown method {name!r}{hint} Known: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def _load_methods() -> None:
+    from . import zoo  # noqa: F401  (importing registers every method)
+
+
+__all__ = ["Method", "Stage", "get_method", "list_methods", "register_method"]
