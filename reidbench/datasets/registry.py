@@ -40,4 +40,4 @@ def build_dataset(name: str, root: str | None = None) -> ReidDataset:
 
 def _load_adapters() -> None:
     # Importing the adapter modules registers them.
-    from . import adapters  # noqa: F401
+    from . import adapters, synthetic_sets  # noqa: F401

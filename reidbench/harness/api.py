@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from ..config import ConfigError, diff_keys
 from . import checkpoint as ckpt
@@ -55,8 +56,10 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = False) -> dict[str, float]:
-    """Train and evaluate one run; return its final metrics (``test/<protocol>/<metric>`` among them)."""
+def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = False,
+              on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+    """Train and evaluate one run; return its final metrics (``test/<protocol>/<metric>`` among
+    them) and ``run_id``. ``on_epoch`` sees each epoch's metrics (in-process runs only)."""
     resolved = resolved_dict(cfg)
     existing = latest_checkpoint(cfg)
     if resume and existing is not None:
@@ -72,7 +75,7 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
             metrics = launch_ray(cfg, resolved, uri, run_id, resume=resume)
         else:
             env = WorkerEnv(store=LocalStore(checkpoint_folder(cfg)), tracker=MlflowTracker(uri, run_id),
-                            progress=progress)
+                            progress=progress, on_epoch=on_epoch)
             metrics = fit(cfg, env)
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -254,7 +254,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     final_metrics: dict[str, float] = {}
 
     def clean_batches() -> Iterable[dict]:
-        for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size):
+        for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size, with_masks=True):
             yield to_device(batch, env.device)
 
     for stage_index in range(state["stage_index"], len(stages)):
@@ -281,7 +281,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             lr = set_lr(optimizer, lr_factor(stage, epoch, epochs))
-            train_loader.batch_sampler.set_epoch(epoch)
+            train_loader.set_epoch(epoch)
             sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env)
             metrics = {f"train/{k}": v for k, v in sums.items()}
             metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})

@@ -1,0 +1,8 @@
+"""Methods: one module per method, shared components, and the registry.
+
+``list_methods()`` / ``get_method(name)`` import ``zoo`` (every method module) on first use.
+"""
+
+from .base import Method, Stage, get_method, list_methods, register_method
+
+__all__ = ["Method", "Stage", "get_method", "list_methods", "register_method"]

@@ -1,0 +1,3 @@
+"""Imports every method module so that ``@register_method`` runs (one line per method)."""
+
+from . import baseline, clip_reid  # noqa: F401

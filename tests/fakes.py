@@ -1,0 +1,105 @@
+"""A tiny stand-in for ``reidbench.backbones.ReidCLIP`` with the same API, for
+fast method tests that must not depend on the real backbone's size or weights."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+WORDS = ["a", "photo", "of", "person", ".", "head", "torso", "legs", "feet", "upper", "arms", "and", "clothes",
+         "red", "blue", "green", "shirt", "pants"]
+
+
+@dataclass
+class FakeImageFeatures:
+    tokens: torch.Tensor
+    cls: torch.Tensor
+    proj: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class FakeTokenizer:
+    """Word-level: ids 0 pad, 1 bos, 2 eos, 3 unk, then ``WORDS``."""
+
+    pad_token_id, bos_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+
+    def __init__(self, context_length: int = 16) -> None:
+        self.context_length = context_length
+        self.vocab = {w: i + 4 for i, w in enumerate(WORDS)}
+        self.vocab_size = len(self.vocab) + 4
+
+    def encode_words(self, text: str) -> list[int]:
+        return [self.vocab.get(w, self.unk_token_id) for w in re.findall(r"\w+|[^\w\s]", text.lower())]
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        ids = torch.full((len(texts), self.context_length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts):
+            row = [self.bos_token_id, *self.encode_words(t)][: self.context_length - 1] + [self.eos_token_id]
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class FakeCLIP(nn.Module):
+    """Patchify + one transformer layer per tower; 32x16 images, patch 8 (4x2 grid)."""
+
+    def __init__(self, vision_width: int = 32, text_width: int = 24, embed_dim: int = 16, num_cameras: int = 0,
+                 context_length: int = 16, image_size: tuple[int, int] = (32, 16)) -> None:
+        super().__init__()
+        self.tokenizer = FakeTokenizer(context_length)
+        self.vision_width, self.text_width, self.embed_dim = vision_width, text_width, embed_dim
+        self.image_size = image_size
+        self.patch_grid = (image_size[0] // 8, image_size[1] // 8)
+        n_tokens = 1 + self.patch_grid[0] * self.patch_grid[1]
+        self.vision = nn.ModuleDict({
+            "patch": nn.Conv2d(3, vision_width, 8, 8),
+            "cls": nn.Embedding(1, vision_width),
+            "pos": nn.Embedding(n_tokens, vision_width),
+            "layer": nn.TransformerEncoderLayer(vision_width, 2, 2 * vision_width, dropout=0.0, batch_first=True),
+            "post_ln": nn.LayerNorm(vision_width),
+        })
+        self.num_cameras = num_cameras
+        self.camera_embedding = nn.Parameter(torch.randn(num_cameras, vision_width) * 0.02) if num_cameras else None
+        self.visual_projection = nn.Linear(vision_width, embed_dim, bias=False)
+        self.text = nn.ModuleDict({
+            "token_embedding": nn.Embedding(self.tokenizer.vocab_size, text_width),
+            "pos": nn.Embedding(context_length, text_width),
+            "layer": nn.TransformerEncoderLayer(text_width, 2, 2 * text_width, dropout=0.0, batch_first=True),
+            "final_ln": nn.LayerNorm(text_width),
+        })
+        self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
+        nn.init.normal_(self.text["token_embedding"].weight, std=0.02)  # CLIP's init scale
+        nn.init.normal_(self.text["pos"].weight, std=0.01)
+        self.logit_scale = nn.Parameter(torch.tensor(2.6592))
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.text["token_embedding"]
+
+    def encode_image(self, pixels: torch.Tensor, camids: torch.Tensor | None = None,
+                     return_hidden: bool = False) -> FakeImageFeatures:
+        v = self.vision
+        x = v["patch"](pixels).flatten(2).transpose(1, 2)
+        x = torch.cat([v["cls"].weight.expand(x.shape[0], 1, -1), x], dim=1) + v["pos"].weight
+        if camids is not None and self.camera_embedding is not None:
+            x = x + self.camera_embedding[camids][:, None]
+        hidden = v["layer"](x)
+        tokens = v["post_ln"](hidden)
+        return FakeImageFeatures(tokens, tokens[:, 0], self.visual_projection(tokens[:, 0]),
+                                 (x, hidden) if return_hidden else None)
+
+    def encode_text_embeddings(self, token_embeds: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+        t = self.text
+        length = token_embeds.shape[1]
+        x = token_embeds + t["pos"].weight[:length]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        x = t["final_ln"](t["layer"](x, src_mask=causal, is_causal=True))
+        return self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos_index])
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        eos_index = attention_mask.sum(1) - 1
+        return self.encode_text_embeddings(self.token_embedding(input_ids), eos_index)

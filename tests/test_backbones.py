@@ -1,0 +1,356 @@
+"""CLIP backbones: presets, shapes, position-table interpolation, SIE, text pooling,
+loading local Hugging Face directories, tokenizers, the cache lock."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import pytest
+import torch
+
+from reidbench.backbones import (
+    PretrainedCLIPNotFound,
+    ReidCLIP,
+    build_clip,
+    count_parameters,
+    get_preset,
+    interpolate_pos_embedding,
+    list_presets,
+)
+from reidbench.backbones.tokenizer import cached_directory, load_tokenizer, train_word_tokenizer
+
+CAPTIONS = [
+    "A person in a red top and blue trousers.",
+    "A woman wearing a green jacket, black shorts and white shoes.",
+    "A man with short brown hair in a grey coat and dark jeans.",
+]
+
+
+@pytest.fixture(scope="module")
+def word_tok():
+    return train_word_tokenizer(CAPTIONS, context_length=32)
+
+
+def tiny_config(tok, grid=(8, 4)):
+    return get_preset("tiny").clip_config(tok.vocab_size, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, grid)
+
+
+@pytest.fixture(scope="module")
+def tiny(word_tok):
+    torch.manual_seed(0)
+    return ReidCLIP(tiny_config(word_tok), word_tok, image_size=(128, 64), preset="tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def clip_tokenizer_dir(tmp_path_factory):
+    """An OpenAI-style BPE CLIPTokenizer written offline: letters and end-of-word letters, two merges."""
+    from transformers import CLIPTokenizer
+
+    d = tmp_path_factory.mktemp("cliptok")
+    letters = list("abcdefghijklmnopqrstuvwxyz.,")
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    for extra in ("re", "red</w>", "<|startoftext|>", "<|endoftext|>"):
+        vocab[extra] = len(vocab)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\nr e\nre d</w>\n")
+    CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt")).save_pretrained(str(d))
+    return d
+
+
+# ------------------------------------------------------------------ presets
+def test_presets_listed_and_unknown_preset_named():
+    assert list_presets() == ["tiny", "vit-b16"]
+    with pytest.raises(KeyError, match="known presets: tiny, vit-b16"):
+        get_preset("vit-l14")
+
+
+def test_vit_b16_has_clip_parameter_count(clip_tokenizer_dir):
+    """The ViT-B/16 CLIP of the papers: 149.6M parameters (meta device: no memory, no init cost)."""
+    from transformers import CLIPModel
+
+    tok = load_tokenizer(clip_tokenizer_dir, context_length=77)
+    spec = get_preset("vit-b16")
+    with torch.device("meta"):
+        square = ReidCLIP(spec.clip_config(49408, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, (14, 14)), tok, (224, 224))
+        person = ReidCLIP(spec.clip_config(49408, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, (16, 8)), tok, (256, 128))
+        reference = CLIPModel(spec.clip_config(49408, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, (14, 14)))
+    assert count_parameters(square) == count_parameters(reference) == 149_620_737
+    assert round(count_parameters(square) / 1e6, 1) == 149.6
+    # 256x128 crops: a 1 + 16*8 position table instead of 1 + 14*14.
+    assert person.patch_grid == (16, 8)
+    assert person.vision.embeddings.position_embedding.weight.shape == (129, 768)
+    assert count_parameters(square) - count_parameters(person) == (197 - 129) * 768
+    assert (person.embed_dim, person.vision_width, person.text_width) == (512, 768, 512)
+
+
+# ------------------------------------------------------------------- shapes
+def test_tiny_encoder_output_shapes(tiny, word_tok):
+    pixels = torch.randn(3, 3, 128, 64)
+    with torch.no_grad():
+        feats = tiny.encode_image(pixels, return_hidden=True)
+        batch = word_tok(CAPTIONS)
+        text = tiny.encode_text(batch["input_ids"], batch["attention_mask"])
+        eos = tiny.eos_positions(batch["input_ids"])
+        spliced = tiny.encode_text_embeddings(tiny.token_embedding(batch["input_ids"]), eos)
+    assert tiny.patch_grid == (8, 4) and tiny.image_size == (128, 64)
+    assert feats.tokens.shape == (3, 33, 192)
+    assert feats.cls.shape == (3, 192) and torch.equal(feats.cls, feats.tokens[:, 0])
+    assert feats.proj.shape == (3, 128)
+    assert len(feats.hidden_states) == 1 + 4 and feats.hidden_states[-1].shape == (3, 33, 192)
+    assert batch["input_ids"].shape == (3, 32) and batch["input_ids"].dtype == torch.long
+    assert text.shape == spliced.shape == (3, 128)
+    assert tiny.token_embedding.weight.shape == (word_tok.vocab_size, 128)
+
+
+def test_cls_projection_is_clips_image_embedding(tiny):
+    """proj = visual_projection(post_layernorm(cls)) and tokens are post-layernormed."""
+    pixels = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        feats = tiny.encode_image(pixels, return_hidden=True)
+        last = feats.hidden_states[-1]
+        assert torch.allclose(feats.tokens, tiny.vision.post_layernorm(last), atol=1e-6)
+        assert torch.allclose(feats.proj, tiny.visual_projection(tiny.vision.post_layernorm(last[:, 0])), atol=1e-6)
+
+
+def test_wrong_image_size_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"\[B,3,128,64\]"):
+        tiny.encode_image(torch.randn(1, 3, 256, 128))
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        ReidCLIP(tiny.config, tiny.tokenizer, image_size=(120, 64))
+
+
+# ------------------------------------------------- position interpolation
+def test_position_interpolation_keeps_cls_and_is_smooth():
+    """A 224x224 ViT-B/16 table (14x14 grid) resized to the 16x8 person grid."""
+    dim = 6
+    rows, cols = torch.meshgrid(torch.arange(14.0), torch.arange(14.0), indexing="ij")
+
+    def field(r, c):  # smooth in both directions, one channel per frequency
+        return torch.stack([torch.sin(0.3 * r + 0.2 * k) + torch.cos(0.25 * c * (k + 1) / dim) for k in range(dim)], -1)
+
+    cls = torch.randn(1, dim)
+    table = torch.cat([cls, field(rows, cols).reshape(196, dim)])
+    for mode in ("bilinear", "bicubic"):
+        out = interpolate_pos_embedding(table, (14, 14), (16, 8), mode=mode)
+        assert out.shape == (129, dim)
+        assert torch.equal(out[0], table[0])
+        grid = out[1:].reshape(16, 8, dim)
+        # align_corners=False: output cell (i, j) samples source point ((i+.5)*14/16-.5, (j+.5)*14/8-.5)
+        i, j = torch.meshgrid(torch.arange(16.0), torch.arange(8.0), indexing="ij")
+        expect = field((i + 0.5) * 14 / 16 - 0.5, ((j + 0.5) * 14 / 8 - 0.5).clamp(0, 13))
+        assert (grid - expect).abs().max() < 0.08, mode
+        # neighbours stay close: no scrambled rows/columns
+        assert (grid[1:] - grid[:-1]).abs().max() < 0.5 and (grid[:, 1:] - grid[:, :-1]).abs().max() < 0.9
+    with pytest.raises(ValueError, match="expected 1 \\+ 14x14"):
+        interpolate_pos_embedding(table[:-1], (14, 14), (16, 8))
+
+
+# ---------------------------------------------------------------------- SIE
+def test_sie_changes_the_output_by_camera(word_tok):
+    torch.manual_seed(0)
+    model = ReidCLIP(tiny_config(word_tok), word_tok, (128, 64), num_cameras=3, sie_coef=3.0).eval()
+    pixels = torch.randn(1, 3, 128, 64).repeat(3, 1, 1, 1)
+    with torch.no_grad():
+        by_cam = model.encode_image(pixels, camids=torch.tensor([0, 1, 1])).proj
+        plain = model.encode_image(pixels).proj
+    assert torch.allclose(by_cam[1], by_cam[2], atol=1e-6)  # same camera, same output
+    assert (by_cam[0] - by_cam[1]).abs().max() > 1e-3  # different camera, different output
+    assert (by_cam[0] - plain[0]).abs().max() > 1e-3
+    # CLIP-ReID: added to the CLS token only, scaled by sie_coef, before the transformer.
+    emb = model.vision.embeddings
+    tokens_cam = emb(pixels[:1], torch.tensor([2]))
+    tokens_none = emb(pixels[:1])
+    assert torch.allclose(tokens_cam[0, 0] - tokens_none[0, 0], 3.0 * emb.sie_embedding[2], atol=1e-5)
+    assert torch.equal(tokens_cam[0, 1:], tokens_none[0, 1:])
+    emb.sie_tokens = "all"  # TransReID's variant
+    assert torch.allclose(emb(pixels[:1], torch.tensor([2]))[0, 5] - tokens_none[0, 5], 3.0 * emb.sie_embedding[2], atol=1e-5)
+    emb.sie_tokens = "cls"
+    with pytest.raises(ValueError, match="0-based camera indices below num_cameras=3"):
+        model.encode_image(pixels, camids=torch.tensor([0, 1, 3]))
+
+
+def test_camids_are_ignored_without_sie(tiny):
+    pixels = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        assert torch.equal(tiny.encode_image(pixels, camids=torch.tensor([0, 5])).proj, tiny.encode_image(pixels).proj)
+
+
+# --------------------------------------------------------------------- text
+def test_spliced_embeddings_equal_token_ids_at_the_same_eos(tiny, word_tok):
+    batch = word_tok(CAPTIONS + ["a red top"])
+    ids = batch["input_ids"]
+    eos = tiny.eos_positions(ids)
+    lengths = batch["attention_mask"].sum(1)
+    assert torch.equal(eos, lengths - 1)  # BOS words EOS, EOS is the last real token
+    with torch.no_grad():
+        a = tiny.encode_text(ids, batch["attention_mask"])
+        b = tiny.encode_text_embeddings(tiny.token_embedding(ids), eos)
+        # padding after EOS does not matter (causal attention)
+        c = tiny.encode_text(ids[:, : int(lengths.max())])
+        # pooling elsewhere gives something else
+        d = tiny.encode_text_embeddings(tiny.token_embedding(ids), eos - 1)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a, c, atol=1e-5)
+    assert (a - d).abs().max() > 1e-3
+
+
+def test_rows_without_eos(tiny, word_tok):
+    batch = word_tok(["a red top"])
+    ids = batch["input_ids"].clone()
+    ids[ids == word_tok.eos_token_id] = word_tok.pad_token_id
+    with pytest.raises(ValueError, match="contain no EOS"):
+        tiny.encode_text(ids)
+    # with a mask, pooling falls back to the last attended token
+    assert tiny.eos_positions(ids, batch["attention_mask"]).item() == batch["attention_mask"].sum().item() - 1
+
+
+# ---------------------------------------------------------------- tokenizer
+def test_word_tokenizer_round_trip_offline(word_tok, tmp_path):
+    text = "A woman wearing a green jacket, black shorts and white shoes."
+    words = word_tok.encode_words(text)
+    assert word_tok.decode(words) == text.lower()
+    assert word_tok.unk_token_id not in words
+    assert word_tok.encode_words("a purple top")[1] == word_tok.unk_token_id
+    batch = word_tok([text])
+    row = batch["input_ids"][0].tolist()
+    n = len(words)
+    assert row[0] == word_tok.bos_token_id and row[1 : n + 1] == words and row[n + 1] == word_tok.eos_token_id
+    assert set(row[n + 2 :]) == {word_tok.pad_token_id}
+    assert batch["attention_mask"][0].sum().item() == n + 2
+    assert (word_tok.pad_token_id, word_tok.unk_token_id, word_tok.bos_token_id) == (0, 1, 2)
+    assert word_tok.eos_token_id == word_tok.vocab_size - 1  # highest id: argmax pooling agrees too
+    # truncation keeps EOS as the last token
+    long_row = word_tok([" ".join(["red"] * 100)])["input_ids"][0]
+    assert long_row.shape == (32,) and long_row[-1].item() == word_tok.eos_token_id
+    # save / load gives the same ids with no network
+    word_tok.save(tmp_path)
+    again = load_tokenizer(tmp_path, context_length=32)
+    assert torch.equal(again(CAPTIONS)["input_ids"], word_tok(CAPTIONS)["input_ids"])
+
+
+def test_hf_clip_tokenizer_from_local_dir(clip_tokenizer_dir):
+    tok = load_tokenizer(clip_tokenizer_dir, context_length=16)
+    batch = tok(["a red top", "red"])
+    ids = batch["input_ids"]
+    assert ids.shape == (2, 16)
+    assert ids[0, 0].item() == tok.bos_token_id
+    assert tok.decode(tok.encode_words("a red top")) == "a red top"
+    # OpenAI's tokenizer pads with EOS: the first EOS marks the end of the text
+    first_eos = (ids == tok.eos_token_id).int().argmax(1)
+    assert torch.equal(first_eos, batch["attention_mask"].sum(1) - 1)
+
+
+# ------------------------------------------------------ local HF directories
+def test_missing_pretrained_directory_says_what_to_put_where(tmp_path):
+    missing = tmp_path / "clip-vit-base-patch16"
+    with pytest.raises(PretrainedCLIPNotFound) as err:
+        build_clip("vit-b16", pretrained=missing)
+    msg = str(err.value)
+    assert str(missing) in msg and "does not exist" in msg
+    for needed in ("config.json", "model.safetensors", "tokenizer.json", "save_pretrained", "openai/clip-vit-base-patch16"):
+        assert needed in msg
+    missing.mkdir()
+    (missing / "config.json").write_text("{}")
+    with pytest.raises(PretrainedCLIPNotFound, match="incomplete: no weights file .*; no tokenizer files"):
+        build_clip("vit-b16", pretrained=missing)
+
+
+def test_synthetic_weights_exist_for_tiny_only():
+    with pytest.raises(ValueError, match="'tiny' preset only"):
+        build_clip("vit-b16", pretrained="synthetic")
+
+
+@pytest.fixture(scope="module")
+def hf_clip_dir(tmp_path_factory, clip_tokenizer_dir):
+    """A transformers CLIPModel with the tiny architecture at 128x128 (square 8x8 grid),
+    saved with save_pretrained next to an OpenAI-style tokenizer."""
+    import shutil
+
+    from transformers import CLIPModel
+
+    tok = load_tokenizer(clip_tokenizer_dir, context_length=32)
+    d = tmp_path_factory.mktemp("hfclip")
+    for f in clip_tokenizer_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    config = get_preset("tiny").clip_config(tok.vocab_size, tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, (8, 8))
+    del config.reidbench_patch_grid  # a plain Hugging Face config
+    torch.manual_seed(1)
+    reference = CLIPModel(config).eval()
+    reference.save_pretrained(str(d))
+    return d, reference
+
+
+def test_local_hf_clip_matches_transformers(hf_clip_dir):
+    """Weights from a saved CLIPModel give CLIPModel's own image and text embeddings."""
+    directory, reference = hf_clip_dir
+    model = build_clip("tiny", pretrained=directory, image_size=(128, 128)).eval()
+    pixels = torch.randn(2, 3, 128, 128)
+    batch = model.tokenizer(["a red top", "red red"])
+    with torch.no_grad():
+        feats = model.encode_image(pixels)
+        ref_img = reference.get_image_features(pixel_values=pixels).pooler_output
+        ref_tokens = reference.vision_model(pixel_values=pixels).last_hidden_state
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        ref_text = reference.get_text_features(**batch).pooler_output
+    assert torch.allclose(feats.proj, ref_img, atol=1e-5)
+    assert torch.allclose(feats.tokens, reference.vision_model.post_layernorm(ref_tokens), atol=1e-5)
+    assert torch.allclose(text, ref_text, atol=1e-5)
+    assert torch.equal(model.logit_scale, reference.logit_scale)
+
+
+def test_local_hf_clip_is_resized_to_person_crops(hf_clip_dir):
+    directory, reference = hf_clip_dir
+    model = build_clip("tiny", pretrained=directory)  # default 128x64 person crop
+    table = reference.vision_model.embeddings.position_embedding.weight.detach()
+    assert model.patch_grid == (8, 4)
+    assert torch.equal(model.vision.embeddings.position_embedding.weight.detach(), interpolate_pos_embedding(table, (8, 8), (8, 4)))
+    bicubic = build_clip("tiny", pretrained=directory, pos_interpolation="bicubic")
+    assert not torch.equal(bicubic.vision.embeddings.position_embedding.weight, model.vision.embeddings.position_embedding.weight)
+    with pytest.raises(ValueError, match="different CLIP than preset 'vit-b16'.*vision_width: directory 192, preset 768"):
+        build_clip("vit-b16", pretrained=directory)
+
+
+def test_save_pretrained_round_trip(tmp_path, word_tok):
+    torch.manual_seed(3)
+    model = ReidCLIP(tiny_config(word_tok), word_tok, (128, 64), preset="tiny").eval()
+    model.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}
+    loaded = build_clip("tiny", pretrained=tmp_path, num_cameras=2).eval()
+    pixels = torch.randn(2, 3, 128, 64)
+    batch = word_tok(CAPTIONS)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(pixels).proj, model.encode_image(pixels).proj)
+        assert torch.equal(loaded.encode_texts(CAPTIONS), model.encode_text(**batch))
+    assert loaded.vision.embeddings.sie_embedding.shape == (2, 192)  # fresh SIE table on top of CLIP weights
+
+
+# -------------------------------------------------------------------- cache
+def test_cache_entry_is_built_once_under_concurrency(tmp_path):
+    builds = []
+
+    def build(tmp):
+        builds.append(1)
+        time.sleep(0.3)
+        (tmp / "weights").write_text("x")
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cached_directory(tmp_path / "entry", build))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert sorted(built for _, built in results) == [False, False, True]
+    assert (tmp_path / "entry" / "weights").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []  # no leftovers
+
+    def failing(tmp):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        cached_directory(tmp_path / "other", failing)
+    assert not (tmp_path / "other").exists()

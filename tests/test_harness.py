@@ -1,0 +1,87 @@
+"""The one training loop: determinism, exact resume, MLflow runs and statuses, config refusal."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from reidbench.config import ConfigError
+from reidbench.harness.api import train_run
+from reidbench.harness.run_config import build_run_config
+from reidbench.harness.tracking import tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def market_root(tmp_path_factory):
+    from reidbench.datasets.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    return str(synthesize(out, flavor="market", ids=16, seed=0, workers=1)["market"])
+
+
+def small_config(tmp_path, market_root, *extra):
+    return build_run_config(overrides=[
+        "method=baseline", "data.dataset=market1501", f"data.root={market_root}", "data.p=4", "data.k=2",
+        "data.num_workers=0", "data.val_fraction=0.25", "backbone.pretrained=null", "optim.epochs_scale=0.25",
+        f"output_dir={tmp_path}", "tracking.experiment=harness-test", *extra])
+
+
+def runs_of(cfg):
+    client = MlflowClient(tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
+    cfg = small_config(tmp_path, market_root)
+    first = train_run(cfg)
+    again = train_run(cfg)
+    test_keys = sorted(k for k in first if k.startswith("test/"))
+    assert test_keys and "test/standard/mAP" in test_keys
+    assert {k: first[k] for k in test_keys} == {k: again[k] for k in test_keys}, "same seed, same config, CPU"
+
+    client, runs = runs_of(cfg)
+    assert len(runs) == 1, "a fresh run of the same configuration replaces the old one"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "baseline/default/market1501/0"
+    assert {run.data.tags[k] for k in ("method", "ablation", "dataset", "seed")} == {"baseline", "default",
+                                                                                   "market1501", "0"}
+    assert run.data.params["data.p"] == "4" and run.data.params["method"] == "baseline"
+    assert any(k.startswith("params.") for k in run.data.params), "the method's resolved params are logged"
+    assert "train/loss" in run.data.metrics and "val/mAP" in run.data.metrics and "lr" in run.data.metrics
+    assert run.data.metrics["test/standard/mAP"] == pytest.approx(first["test/standard/mAP"])
+    epochs = len(client.get_metric_history(run.info.run_id, "train/loss"))
+    assert epochs >= 2
+
+    # Crash after the first epoch: the run ends FAILED, never RUNNING.
+    def crash(metrics):
+        raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(cfg, on_epoch=crash)
+    client, runs = runs_of(cfg)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    failed_id = runs[0].info.run_id
+
+    # Resume continues the same MLflow run and ends exactly where the uninterrupted run did.
+    resumed = train_run(cfg, resume=True)
+    assert {k: resumed[k] for k in test_keys} == {k: first[k] for k in test_keys}
+    client, runs = runs_of(cfg)
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(failed_id, "FINISHED")]
+    steps = [m.step for m in client.get_metric_history(failed_id, "train/loss")]
+    assert sorted(set(steps)) == list(range(epochs))
+
+
+def test_resume_with_changed_config_is_refused(tmp_path, market_root):
+    cfg = small_config(tmp_path, market_root)
+
+    def crash(metrics):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        train_run(cfg, on_epoch=crash)
+    changed = small_config(tmp_path, market_root, "data.k=4")
+    with pytest.raises(ConfigError, match=r"data\.k \(2 -> 4\)"):
+        train_run(changed, resume=True)

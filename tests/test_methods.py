@@ -1,0 +1,331 @@
+"""The clip_reid and baseline methods: registry, configs, stages, what trains
+when, caches, and that a few steps reduce the loss (fake and real tiny backbones)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fakes import FakeCLIP
+from reidbench.config import ConfigError, from_dict, merge
+from reidbench.methods import Method, Stage, get_method, list_methods
+from reidbench.methods.baseline import Baseline, BaselineConfig
+from reidbench.methods.clip_reid import ClipReid, ClipReidConfig
+
+NUM_CLASSES = 4
+
+
+def make_batch(size=(32, 16), seed=0, n_per_id=2):
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.arange(NUM_CLASSES).repeat_interleave(n_per_id)
+    n = pids.numel()
+    # identity-dependent images so there is something to learn
+    base = torch.randn(NUM_CLASSES, 3, *size, generator=g)
+    images = base[pids] + 0.3 * torch.randn(n, 3, *size, generator=g)
+    return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
+            "clothes_id": torch.full((n,), -1), "captions": [""] * n}
+
+
+def chunks(batch, size=3):
+    """What the harness's ``train_batches()`` yields: the split in order, un-augmented."""
+    n = batch["pid"].numel()
+    for s in range(0, n, size):
+        yield {k: (v[s: s + size] if isinstance(v, torch.Tensor) else v[s: s + size]) for k, v in batch.items()}
+
+
+def apply_stage(method: Method, stage: Stage, lr: float | None = None) -> torch.optim.Optimizer:
+    """Stage semantics as documented in base.py: freeze all but ``trainable`` prefixes."""
+    for name, p in method.named_parameters():
+        p.requires_grad_(any(name.startswith(prefix) for prefix in stage.trainable))
+    params = [p for p in method.parameters() if p.requires_grad]
+    assert params, f"stage {stage.name} trains nothing"
+    return torch.optim.Adam(params, lr=lr or stage.lr)
+
+
+def train_steps(method, stage, batch, steps, lr):
+    method.zero_grad(set_to_none=True)
+    opt = apply_stage(method, stage, lr)
+    method.train()
+    losses = []
+    for _ in range(steps):
+        terms = method.training_step(batch, stage)
+        loss = sum(terms.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, terms
+
+
+def fake_clip_reid(**overrides):
+    torch.manual_seed(0)
+    cfg = from_dict(ClipReidConfig, overrides)
+    return ClipReid(cfg, FakeCLIP(num_cameras=2), num_classes=NUM_CLASSES, num_cameras=2)
+
+
+# ------------------------------------------------------------- registry
+
+
+def test_registry_lists_both_methods():
+    names = list_methods()
+    assert {"clip_reid", "baseline"} <= set(names)
+    assert get_method("clip_reid") is ClipReid and get_method("baseline") is Baseline
+    assert list_methods("clip*") == ["clip_reid"]
+    with pytest.raises(KeyError, match="did you mean 'clip_reid'"):
+        get_method("clipreid")
+
+
+@pytest.mark.parametrize("cls", [ClipReidConfig, BaselineConfig])
+def test_configs_have_defaults_for_every_field(cls):
+    def check(c):
+        for f in dataclasses.fields(c):
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
+            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
+                check(f.type)
+
+    check(cls)
+    cls()  # constructible with no arguments
+
+
+def test_paper_defaults_are_the_clip_reid_recipe():
+    cfg = ClipReidConfig()
+    assert (cfg.n_ctx, cfg.ctx_init_std, cfg.prompt_template) == (4, 0.02, "a photo of a {ctx} person.")
+    assert (cfg.prompt.epochs, cfg.prompt.lr, cfg.prompt.warmup_epochs) == (120, 3.5e-4, 5)
+    img = cfg.image
+    assert (img.epochs, img.lr, img.warmup_epochs, img.warmup_factor) == (60, 5e-6, 10, 0.1)
+    assert (tuple(img.milestones), img.gamma, img.label_smoothing, img.triplet_margin) == ((30, 50), 0.1, 0.1, 0.3)
+    assert cfg.neck_feat == "before" and cfg.use_i2t_in_stage2
+    assert BaselineConfig().image == img
+
+
+@pytest.mark.parametrize("method", [ClipReid, Baseline])
+def test_presets_validate_against_the_config(method):
+    assert method.PRESETS["paper"] == {}
+    tiny = from_dict(method.config_cls, merge(method.PRESETS["tiny"], {}))
+    assert tiny.image.epochs < method.config_cls().image.epochs
+    with pytest.raises(KeyError, match="known: paper, tiny"):
+        method.config_cls.preset("huge")
+    with pytest.raises(ConfigError, match="did you mean 'params.image.lr'"):
+        from_dict(method.config_cls, {"image": {"lrr": 1.0}}, prefix="params.")
+
+
+def test_baseline_and_clip_reid_tiny_image_stages_match():
+    assert ClipReid.PRESETS["tiny"]["image"] == Baseline.PRESETS["tiny"]["image"]
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_clip_reid_stages_follow_the_config():
+    method = fake_clip_reid(prompt={"epochs": 7}, image={"epochs": 9, "head_lr_mult": 10.0})
+    s1, s2 = method.stages()
+    assert (s1.name, s1.epochs, s1.schedule, s1.trainable) == ("prompt", 7, "cosine", ("prompt_learner.",))
+    assert abs(s1.warmup_factor - 1e-5 / 3.5e-4) < 1e-12
+    assert (s2.name, s2.epochs, s2.schedule, s2.milestones) == ("image", 9, "steps", (30, 50))
+    assert s2.param_groups == (("head.", 10.0),)
+    trained = {n for n, _ in method.named_parameters() if any(n.startswith(p) for p in s2.trainable)}
+    assert any(n.startswith("backbone.vision.") for n in trained)
+    assert "backbone.camera_embedding" in trained and "head.neck_cls.bn.weight" in trained
+    assert not any(n.startswith(("backbone.text", "prompt_learner")) or n == "backbone.logit_scale" for n in trained)
+
+
+# --------------------------------------------------------------- stage 1
+
+
+def test_stage1_caches_frozen_image_features_and_trains_only_the_prompts():
+    method = fake_clip_reid()
+    s1 = method.stages()[0]
+    batch = make_batch()
+    method.train()
+    method.begin_stage(s1, lambda: chunks(batch))
+    assert method.training  # begin_stage restores the mode
+    with torch.no_grad():
+        method.eval()
+        expected = method.backbone.encode_image(batch["image"]).proj  # no camera embedding in stage 1
+    assert torch.allclose(method._image_bank.features, expected, atol=1e-6)
+
+    frozen = {n: p.detach().clone() for n, p in method.named_parameters() if not n.startswith("prompt_learner")}
+    ctx0 = method.prompt_learner.ctx.detach().clone()
+    losses, terms = train_steps(method, s1, batch, steps=15, lr=1e-2)
+    assert set(terms) == {"i2t", "t2i"}
+    assert losses[-1] < losses[0] - 0.05
+    for n, p in method.named_parameters():
+        if n.startswith("prompt_learner"):
+            assert p.grad is not None
+        else:
+            assert p.grad is None, n
+            assert torch.equal(p, frozen[n]), n
+    assert not torch.equal(method.prompt_learner.ctx, ctx0)
+
+
+def test_stage1_loss_reads_the_cache_not_the_batch_images():
+    method = fake_clip_reid()
+    s1 = method.stages()[0]
+    batch = make_batch()
+    method.begin_stage(s1, lambda: chunks(batch))
+    a = method.training_step(batch, s1)
+    noisy = dict(batch, image=torch.randn_like(batch["image"]) * 5)
+    b = method.training_step(noisy, s1)
+    assert torch.equal(a["i2t"], b["i2t"]) and torch.equal(a["t2i"], b["t2i"])
+    with pytest.raises(ValueError, match="mismatch"):
+        method.training_step(dict(batch, pid=batch["pid"].flip(0)), s1)
+    fresh = fake_clip_reid()
+    with pytest.raises(RuntimeError, match="begin_stage"):
+        fresh.training_step(batch, s1)
+
+
+# --------------------------------------------------------------- stage 2
+
+
+def test_stage2_trains_the_image_side_against_cached_identity_text_features():
+    method = fake_clip_reid()
+    s1, s2 = method.stages()
+    batch = make_batch()
+    method.begin_stage(s1, lambda: chunks(batch))
+    train_steps(method, s1, batch, steps=3, lr=1e-2)
+    method.begin_stage(s2, lambda: chunks(batch))
+    assert method._image_bank is None
+    with torch.no_grad():
+        expected = method.encode_prompts(torch.arange(NUM_CLASSES))
+    bank = method._text_bank.features.clone()
+    assert bank.shape == (NUM_CLASSES, method.backbone.embed_dim)
+    assert torch.allclose(bank, expected, atol=1e-6)
+
+    text_side = {n: p.detach().clone() for n, p in method.named_parameters()
+                 if n.startswith(("backbone.text", "prompt_learner"))}
+    losses, terms = train_steps(method, s2, batch, steps=12, lr=1e-3)
+    assert set(terms) == {"id", "triplet", "i2tce"}
+    assert losses[-1] < losses[0]
+    assert terms["i2tce"].item() < torch.log(torch.tensor(float(NUM_CLASSES))).item() + 1.0
+    for n, p in method.named_parameters():
+        if n in text_side:
+            assert p.grad is None, n
+            assert torch.equal(p, text_side[n]), n
+    assert method.backbone.vision["patch"].weight.grad is not None
+    assert torch.equal(method._text_bank.features, bank)
+
+
+def test_stage2_i2tce_uses_the_cache_and_can_be_switched_off():
+    method = fake_clip_reid()
+    s1, s2 = method.stages()
+    batch = make_batch()
+    method.begin_stage(s2, lambda: chunks(batch))
+    method.eval()  # BN on running stats so two calls see the same features
+    before = method.training_step(batch, s2)["i2tce"]
+    with torch.no_grad():
+        method.prompt_learner.ctx.add_(1.0)  # the prompts change, the cached text features do not
+    assert torch.equal(method.training_step(batch, s2)["i2tce"], before)
+    method.begin_stage(s2, lambda: chunks(batch))  # rebuilding the cache (e.g. on resume) picks the change up
+    assert not torch.equal(method.training_step(batch, s2)["i2tce"], before)
+
+    off = fake_clip_reid(use_i2t_in_stage2=False)
+    assert set(off.training_step(batch, off.stages()[1])) == {"id", "triplet"}
+
+
+def test_i2t_logits_raw_is_the_official_dot_product_and_cosine_uses_logit_scale():
+    method = fake_clip_reid()
+    img, txt = torch.randn(3, 16), torch.randn(4, 16)
+    assert torch.allclose(method.i2t_logits(img, txt), img @ txt.T)
+    cos = fake_clip_reid(i2t_logits="cosine")
+    expected = cos.backbone.logit_scale.exp() * torch.nn.functional.normalize(img, dim=1) @ \
+        torch.nn.functional.normalize(txt, dim=1).T
+    assert torch.allclose(cos.i2t_logits(img, txt), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------- inference
+
+
+def test_embed_image_feature_convention_and_sie_switch():
+    batch = make_batch()
+    method = fake_clip_reid().eval()
+    with torch.no_grad():
+        feat = method.embed_image(batch)
+        feats = method.backbone.encode_image(batch["image"], batch["camid"])
+    assert torch.allclose(feat, torch.cat([feats.cls, feats.proj], 1), atol=1e-6)
+    with torch.no_grad():
+        other_cam = method.embed_image(dict(batch, camid=1 - batch["camid"]))
+        no_sie = fake_clip_reid(sie=False).eval()
+        a = no_sie.embed_image(batch)
+        b = no_sie.embed_image(dict(batch, camid=1 - batch["camid"]))
+    assert not torch.allclose(feat, other_cam)  # the camera embedding is used
+    assert torch.equal(a, b)  # and ignored with sie=False
+    after = fake_clip_reid(neck_feat="after").eval()
+    assert after.embed_image(batch).shape == feat.shape
+    d = method.distance(feat, feat)
+    assert torch.allclose(d.diagonal(), torch.zeros(len(feat)), atol=1e-5)
+
+
+# -------------------------------------------------------------- baseline
+
+
+def test_baseline_single_stage_reduces_id_and_triplet_loss():
+    torch.manual_seed(0)
+    method = Baseline(BaselineConfig(), FakeCLIP(), num_classes=NUM_CLASSES)
+    (stage,) = method.stages()
+    assert (stage.name, stage.epochs, stage.lr) == ("image", 60, 5e-6)
+    batch = make_batch()
+    method.begin_stage(stage, lambda: chunks(batch))
+    losses, terms = train_steps(method, stage, batch, steps=12, lr=1e-3)
+    assert set(terms) == {"id", "triplet"}
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for n, p in method.named_parameters() if n.startswith("backbone.text"))
+    with torch.no_grad():
+        emb = method.eval().embed_image(batch)
+    assert emb.shape == (8, method.backbone.vision_width + method.backbone.embed_dim)
+    with pytest.raises(NotImplementedError):
+        method.embed_text(batch)
+
+
+# ---------------------------------------------------- real tiny backbone
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """The real ``ReidCLIP`` at the ``tiny`` preset (random weights), with a word
+    tokenizer trained here so the test needs neither the synthetic generator nor
+    a cache."""
+    from reidbench.backbones.clip import PRESETS, ReidCLIP
+    from reidbench.backbones.tokenizer import train_word_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_word_tokenizer(["a photo of a person.", "a person in a red top and blue pants"], context_length=32)
+    spec = PRESETS["tiny"]
+    grid = (spec.image_size[0] // spec.patch_size, spec.image_size[1] // spec.patch_size)
+    config = spec.clip_config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
+                              bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, grid=grid)
+    return ReidCLIP(config, tok, image_size=spec.image_size, num_cameras=2, preset="tiny")
+
+
+def test_clip_reid_two_stages_on_the_real_tiny_backbone(tiny_clip):
+    import copy
+
+    backbone = copy.deepcopy(tiny_clip)
+    method = ClipReid(ClipReidConfig(), backbone, num_classes=NUM_CLASSES, num_cameras=2)
+    s1, s2 = method.stages()
+    batch = make_batch(size=backbone.image_size)
+    method.begin_stage(s1, lambda: chunks(batch, 4))
+    losses1, _ = train_steps(method, s1, batch, steps=6, lr=1e-3)
+    assert losses1[-1] < losses1[0]
+    assert all(p.grad is None for n, p in method.named_parameters() if not n.startswith("prompt_learner"))
+    method.begin_stage(s2, lambda: chunks(batch, 4))
+    losses2, terms = train_steps(method, s2, batch, steps=6, lr=1e-4)
+    assert set(terms) == {"id", "triplet", "i2tce"}
+    assert losses2[-1] < losses2[0]
+    assert all(p.grad is None for n, p in method.named_parameters()
+               if n.startswith(("backbone.text", "prompt_learner")))
+    assert backbone.vision.embeddings.sie_embedding.grad is not None
+    with torch.no_grad():
+        emb = method.eval().embed_image(batch)
+    assert emb.shape == (8, backbone.vision_width + backbone.embed_dim)
+
+
+def test_baseline_on_the_real_tiny_backbone(tiny_clip):
+    import copy
+
+    method = Baseline(BaselineConfig(), copy.deepcopy(tiny_clip), num_classes=NUM_CLASSES)
+    (stage,) = method.stages()
+    batch = make_batch(size=method.backbone.image_size)
+    losses, terms = train_steps(method, stage, batch, steps=6, lr=1e-4)
+    assert set(terms) == {"id", "triplet"} and losses[-1] < losses[0]
