@@ -60,11 +60,17 @@ def make_problem(scale: float, seed: int, noise: float) -> dict[str, np.ndarray]
 
     q_pids, q_cams = sample(nq)
     g_pids, g_cams = sample(ng)
-    centres = rng.standard_normal((n_ids, dim), dtype=np.float32)
+    # Look-alikes: identities come in groups of about ten sharing a component
+    # (uniforms, similar clothes), so the hard negatives are other identities.
+    groups = rng.standard_normal((max(1, n_ids // 10), dim), dtype=np.float32)
+    centres = np.sqrt(0.5) * groups[rng.integers(0, len(groups), n_ids)]
+    centres += np.sqrt(0.5) * rng.standard_normal((n_ids, dim), dtype=np.float32)
     cam_shift = rng.standard_normal((n_cams, dim), dtype=np.float32) * 0.5
 
     def feats(pids: np.ndarray, cams: np.ndarray) -> np.ndarray:
-        f = centres[pids] + cam_shift[cams] + noise * rng.standard_normal((len(pids), dim), dtype=np.float32)
+        # Image quality varies (blur, occlusion): log-normal noise scale per image.
+        scale = noise * np.exp(0.3 * rng.standard_normal((len(pids), 1))).astype(np.float32)
+        f = centres[pids] + cam_shift[cams] + scale * rng.standard_normal((len(pids), dim), dtype=np.float32)
         return f / np.linalg.norm(f, axis=1, keepdims=True)
 
     return dict(qf=feats(q_pids, q_cams), gf=feats(g_pids, g_cams), q_pids=q_pids, g_pids=g_pids,

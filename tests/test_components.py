@@ -201,21 +201,19 @@ def test_dual_neck_head_inference_feature_before_and_after_bn():
         DualNeckHead.inference_feature(out, "middle")
 
 
-def test_reid_objective_weights_and_penultimate_triplet():
+def test_reid_objective_sums_over_necks_and_features_including_penultimate():
     backbone = FakeCLIP()
     head = DualNeckHead(backbone.vision_width, backbone.embed_dim, 4)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     feats = backbone.encode_image(torch.randn(8, 3, 32, 16), return_hidden=True)
     out = head(feats)
     assert torch.equal(out.penultimate, feats.hidden_states[-2][:, 0])
-    obj = ReidObjective(0.1, 0.3, id_weight=0.25, triplet_weight=2.0)
-    terms = obj(out, pids)
+    terms = ReidObjective(0.1, 0.3)(out, pids)
     ce = CrossEntropyLabelSmooth(0.1)
     tri = TripletLoss(0.3)
-    assert math.isclose(terms["id"].item(), 0.25 * (ce(out.logits[0], pids) + ce(out.logits[1], pids)).item(),
-                        rel_tol=1e-5)
+    assert math.isclose(terms["id"].item(), (ce(out.logits[0], pids) + ce(out.logits[1], pids)).item(), rel_tol=1e-5)
     expected_tri = tri(out.cls, pids) + tri(out.proj, pids) + tri(out.penultimate, pids)
-    assert math.isclose(terms["triplet"].item(), 2.0 * expected_tri.item(), rel_tol=1e-5)
+    assert math.isclose(terms["triplet"].item(), expected_tri.item(), rel_tol=1e-5)
 
 
 # ----------------------------------------------------------- prompt learner

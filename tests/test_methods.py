@@ -48,10 +48,11 @@ def train_steps(method, stage, batch, steps, lr):
     method.zero_grad(set_to_none=True)
     opt = apply_stage(method, stage, lr)
     method.train()
+    weights = dict(stage.loss_weights)
     losses = []
     for _ in range(steps):
         terms = method.training_step(batch, stage)
-        loss = sum(terms.values())
+        loss = sum(weights.get(name, 1.0) * value for name, value in terms.items())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -125,6 +126,8 @@ def test_clip_reid_stages_follow_the_config():
     assert abs(s1.warmup_factor - 1e-5 / 3.5e-4) < 1e-12
     assert (s2.name, s2.epochs, s2.schedule, s2.milestones) == ("image", 9, "steps", (30, 50))
     assert s2.param_groups == (("head.", 10.0),)
+    assert s1.loss_weights == ()
+    assert dict(s2.loss_weights) == {"id": 0.25, "triplet": 1.0, "i2tce": 1.0}  # official loss weights
     trained = {n for n, _ in method.named_parameters() if any(n.startswith(p) for p in s2.trainable)}
     assert any(n.startswith("backbone.vision.") for n in trained)
     assert "backbone.camera_embedding" in trained and "head.neck_cls.bn.weight" in trained
@@ -265,6 +268,7 @@ def test_baseline_single_stage_reduces_id_and_triplet_loss():
     method = Baseline(BaselineConfig(), FakeCLIP(), num_classes=NUM_CLASSES)
     (stage,) = method.stages()
     assert (stage.name, stage.epochs, stage.lr) == ("image", 60, 5e-6)
+    assert dict(stage.loss_weights) == {"id": 0.25, "triplet": 1.0}
     batch = make_batch()
     method.begin_stage(stage, lambda: chunks(batch))
     losses, terms = train_steps(method, stage, batch, steps=12, lr=1e-3)

@@ -44,7 +44,7 @@ PART_LABELS = ("background", "head", "upper arms and torso", "lower arms and tor
 BG, HAT, HAIR, SUNGLASSES, UPPER, COAT, PANTS, SKIRT, FACE = 0, 1, 2, 4, 5, 7, 9, 12, 13
 L_ARM, R_ARM, L_LEG, R_LEG, L_SHOE, R_SHOE = 14, 15, 16, 17, 18, 19
 P_HEAD, P_UPPER, P_LOWER, P_LEGS, P_FEET = 1, 2, 3, 4, 5
-_ROWS = -1  # part label taken from the torso row bands (above elbow line: 2, above hip: 3, else 4)
+_ROWS = -1  # torso garments: part 2 above the elbow line, 3 down to the hip line, 4 below (see Painter.set_rows)
 
 #: Representative LIP label for each part, used when a simulated parser error relabels a region.
 _PART_DEFAULT_LIP = {1: FACE, 2: UPPER, 3: UPPER, 4: PANTS, 5: L_SHOE}
@@ -354,27 +354,27 @@ class Painter:
     target's body in the label maps.
     """
 
-    def __init__(self, img: np.ndarray):
+    def __init__(self, img: np.ndarray, cast=(1.0, 1.0, 1.0)):
         self.img = img
+        self.cast = np.asarray(cast, dtype=np.float32)  # the camera's colour cast, applied to every fill
         self.h, self.w = img.shape[:2]
         self.Y, self.X = _grid(self.h, self.w)
-        self.ids = np.zeros((self.h, self.w), dtype=np.uint8)
-        self.rel2 = np.zeros((self.h, self.w), dtype=np.float32)
+        # id + shading packed in one map: value = primitive id + min(rel2, 0.999) (one copy per primitive)
+        self.code = np.zeros((self.h, self.w), dtype=np.float32)
+        self.window = [self.h, 0, self.w, 0]  # rows/cols touched so far (y0, y1, x0, x1)
         self.fills: list[Fill] = []
         self._fill_index: dict[int, int] = {}
         self.prim_fill = [0]
         self.prim_lip = [BG]
         self.prim_part = [BG]
         self.labels_on = True
-        self.part_rows = np.full(self.h, P_LEGS, dtype=np.uint8)
+        self.bands = (-1e9, 1e9)  # elbow line, hip line
         self._cmds: list = []  # (primitive id, box, mask or None for a full rectangle, rel2)
         self._caps: list = []  # capsules awaiting batch evaluation
 
     def set_rows(self, elbow_y: float, hip_y: float) -> None:
-        if not self.labels_on:
-            return
-        rows = np.arange(self.h)
-        self.part_rows = np.where(rows < elbow_y, P_UPPER, np.where(rows < hip_y, P_LOWER, P_LEGS)).astype(np.uint8)
+        """Row bands for torso garments (part label ``_ROWS``): ProFD splits the torso at elbow height."""
+        self.bands = (elbow_y, hip_y)
 
     def _new(self, fill: Fill, lip_label: int, part_label: int) -> int:
         k = len(self.prim_fill)
@@ -397,20 +397,29 @@ class Painter:
         return y0, y1, x0, x1
 
     def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
-        k = self._new(fill, lip_label, part_label)
-        self._cmds.append((k, box, mask, rel2))
+        if part_label != _ROWS or not self.labels_on:
+            self._cmds.append((self._new(fill, lip_label, part_label), box, mask, rel2))
+            return
+        # one primitive per row band, each a row slice of the same mask
+        y0, y1, x0, x1 = box
+        edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
+        for (a, b), part in zip(zip(edges[:-1], edges[1:]), (P_UPPER, P_LOWER, P_LEGS)):
+            if b > a:
+                self._cmds.append((self._new(fill, lip_label, part), (a, b, x0, x1), mask[a - y0:b - y0],
+                                   rel2[a - y0:b - y0]))
 
     def flush(self) -> None:
         """Rasterise the pending primitives into the id and shading maps, in painting order."""
         self._eval_capsules()
-        ids, rel = self.ids, self.rel2
+        code, win = self.code, self.window
         for k, (y0, y1, x0, x1), mask, rel2 in self._cmds:
             if mask is None:  # rectangle
-                ids[y0:y1, x0:x1] = k
-                rel[y0:y1, x0:x1] = 0.0
+                code[y0:y1, x0:x1] = k
             else:
-                np.copyto(ids[y0:y1, x0:x1], k, where=mask)
-                np.copyto(rel[y0:y1, x0:x1], rel2, where=mask)
+                np.minimum(rel2, 0.999, out=rel2)
+                rel2 += k
+                np.copyto(code[y0:y1, x0:x1], rel2, where=mask)
+            win[0], win[1], win[2], win[3] = min(win[0], y0), max(win[1], y1), min(win[2], x0), max(win[3], x1)
         self._cmds = []
 
     def capsule(self, a, b, r, fill: Fill, lip_label: int, part_label: int) -> None:
@@ -451,11 +460,10 @@ class Painter:
         proj += ya * ya
         proj += xa * xa
         proj *= (1.0 / (r * r))[col]
+        mask = proj <= 1.0
         for j, (ci, box, *_rest) in enumerate(caps):
             h, w = box[1] - box[0], box[3] - box[2]
-            rel2 = proj[j, :h, :w]
-            k = self._cmds[ci][0]
-            self._cmds[ci] = (k, box, rel2 <= 1.0, rel2)
+            self._cmds[ci] = (self._cmds[ci][0], box, mask[j, :h, :w], proj[j, :h, :w])
         self._caps = []
 
     def trapezoid(self, yt, yb, cxt, cxb, hwt, hwb, fill: Fill, lip_label: int, part_label: int) -> None:
@@ -497,36 +505,42 @@ class Painter:
     def body_mask(self) -> np.ndarray:
         """Pixels currently showing a labelled body primitive."""
         self.flush()
-        return np.asarray(self.prim_part, dtype=np.int16)[self.ids] != 0
+        table = (np.asarray(self.prim_part, dtype=np.int16) != 0).astype(np.uint8)
+        return np.take(table, self.code.astype(np.uint8)).astype(bool)
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Colour the painted pixels into ``img``; return (img, lip, part)."""
+        """Colour the painted pixels into ``img``; return (img, lip, part).
+
+        Works on the window of rows/columns that primitives touched, with
+        ``np.take`` lookups (fancy indexing costs several times more here).
+        """
         self.flush()
-        ids = self.ids
-        lip = np.asarray(self.prim_lip, dtype=np.uint8)[ids]
-        part = np.asarray(self.prim_part, dtype=np.int16)[ids]
-        part = np.where(part == _ROWS, self.part_rows[:, None], part).astype(np.uint8)
-        flat = ids.ravel()
-        idx = np.flatnonzero(flat)
-        if idx.size == 0:
+        lip = np.zeros((self.h, self.w), dtype=np.uint8)
+        part = np.zeros((self.h, self.w), dtype=np.uint8)
+        y0, y1, x0, x1 = self.window
+        if y1 <= y0:
             return self.img, lip, part
-        fidx = np.asarray(self.prim_fill, dtype=np.int16)[flat[idx]]
-        c1 = np.stack([f.c1 for f in self.fills])
-        cols = c1[fidx]
-        ys = xs = None
+        code = self.code[y0:y1, x0:x1]
+        ids = code.astype(np.uint8)
+        lip[y0:y1, x0:x1] = np.take(np.asarray(self.prim_lip, dtype=np.uint8), ids)
+        part[y0:y1, x0:x1] = np.take(np.asarray(self.prim_part, dtype=np.uint8), ids)
+        fidx = np.take(np.asarray(self.prim_fill, dtype=np.uint8), ids)
+        c1 = np.stack([f.c1 for f in self.fills]) * self.cast
+        cols = np.take(c1, fidx, axis=0)
         for k, f in enumerate(self.fills):
             if f.pattern == "plain" or f.c2 is None:
                 continue
-            sel = np.flatnonzero(fidx == k)
-            if sel.size == 0:
+            sel = fidx == k
+            if not sel.any():
                 continue
-            if ys is None:
-                ys, xs = self.Y.ravel()[idx], self.X.ravel()[idx]
-            cols[sel] = f.colours(ys[sel], xs[sel], None)
-        shade = np.asarray([f.shade for f in self.fills], dtype=np.float32)[fidx]
-        shade *= np.minimum(self.rel2.ravel()[idx], 1.0)
-        cols *= (1.0 - shade)[:, None]
-        self.img.reshape(-1, 3)[idx] = cols
+            ys, xs = self.Y[y0:y1, x0:x1][sel], self.X[y0:y1, x0:x1][sel]
+            cols[sel] = f.colours(ys, xs, None) * self.cast
+        shade = np.take(np.asarray([f.shade for f in self.fills], dtype=np.float32), fidx)
+        shade *= code - ids  # rel2, clipped at 0.999
+        np.subtract(1.0, shade, out=shade)
+        cols *= shade[..., None]
+        img = self.img[y0:y1, x0:x1]
+        np.copyto(img, cols, where=(ids > 0)[..., None])
         return self.img, lip, part
 
 
@@ -644,8 +658,9 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
             arms.append((True, L_ARM if left else R_ARM, sh, el, wr))
 
     def draw_leg(lip_leg, lip_shoe, hip, knee, ankle):
-        p.capsule(hip, knee, rl, skin, lip_leg, P_LEGS)
-        p.capsule(knee, ankle, 0.9 * rl, skin, lip_leg, P_LEGS)
+        if outfit.lower_type != "trousers":  # trousers hide the whole leg: skip the skin underneath
+            p.capsule(hip, knee, rl, skin, lip_leg, P_LEGS)
+            p.capsule(knee, ankle, 0.9 * rl, skin, lip_leg, P_LEGS)
         if outfit.lower_type == "trousers":
             p.capsule(hip, knee, 1.22 * rl, lower, PANTS, P_LEGS)
             p.capsule(knee, (ankle[0] - 0.01 * F, ankle[1]), 1.12 * rl, lower, PANTS, P_LEGS)
@@ -848,15 +863,47 @@ def _noise_bank(h: int, w: int) -> np.ndarray:
     return bank
 
 
+def camera_background(cam: Camera, height: int, width: int, difficulty: float) -> np.ndarray:
+    """The camera's scene with its colour cast already applied (``render`` expects this).
+
+    Casting the cached scene once per camera, and the few fill colours per
+    image, is much cheaper than multiplying every pixel of every image.
+    """
+    bg = make_background(cam.background_seed, height, width, difficulty)
+    return bg * np.asarray(cam.cast, dtype=np.float32)
+
+
+def _blur_pass(a: np.ndarray, axis: int) -> np.ndarray:
+    """One [1, 2, 1] / 4 pass along ``axis`` with replicated edges (variance 1/2 pixel^2)."""
+    out = a * 0.5
+    lo = [slice(None)] * a.ndim
+    hi = [slice(None)] * a.ndim
+    lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+    out[tuple(lo)] += a[tuple(hi)] * 0.25
+    out[tuple(hi)] += a[tuple(lo)] * 0.25
+    edge0 = [slice(None)] * a.ndim
+    edge1 = [slice(None)] * a.ndim
+    edge0[axis], edge1[axis] = 0, -1
+    out[tuple(edge0)] += a[tuple(edge0)] * 0.25
+    out[tuple(edge1)] += a[tuple(edge1)] * 0.25
+    return out
+
+
 def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficulty: float) -> Image.Image:
-    """Illumination (gain, colour cast, vertical gradient, contrast), sensor noise, resolution loss, blur."""
+    """Illumination (gain, vertical gradient, contrast), blur, sensor noise, resolution loss.
+
+    ``img`` already carries the camera's colour cast (see ``camera_background``
+    and ``Painter``). Blur is n = round(2 sigma^2) passes of a [1,2,1]/4
+    kernel (each adds variance 1/2), sigma = ``cam.blur`` scaled with height.
+    """
     h, w = img.shape[:2]
-    gain = cam.gain * (1.0 + rng.normal(0.0, 0.06 * difficulty))
-    rows = 1.0 + cam.vgrad * (np.arange(h, dtype=np.float32) / h - 0.5)
-    # out = ((img * cast * gain * rows) - 0.5) * contrast + 0.5, in 0..255, folded into one scale + offset
-    scale = (rows[:, None, None] * (np.asarray(cam.cast, dtype=np.float32) * np.float32(gain * cam.contrast * 255.0)))
-    out = img * scale
+    gain = cam.gain * (1.0 + rng.normal(0.0, 0.06 * difficulty)) * cam.contrast * 255.0
+    rows = (1.0 + cam.vgrad * (np.arange(h, dtype=np.float32) / h - 0.5)) * np.float32(gain)
+    out = img * rows[:, None, None]
     out += np.float32(255.0 * 0.5 * (1.0 - cam.contrast) + 0.5)
+    sigma = cam.blur * h / 128.0
+    for _ in range(int(round(2.0 * sigma * sigma))):
+        out = _blur_pass(_blur_pass(out, 0), 1)
     if cam.noise > 0:
         bank = _noise_bank(h, w)
         oy, ox = int(rng.integers(h)), int(rng.integers(w))
@@ -866,9 +913,6 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     if cam.lowres > 1.05:
         small = (max(int(round(w / cam.lowres)), 4), max(int(round(h / cam.lowres)), 8))
         pil = pil.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
-    sigma = cam.blur * h / 128.0
-    if sigma > 0.3:
-        pil = pil.filter(ImageFilter.GaussianBlur(sigma))
     return pil
 
 
@@ -1058,7 +1102,7 @@ def render(height: int, width: int, ident: Identity, outfit: Outfit, pose: Pose,
     """
     bh, bw = background.shape[:2]
     oy, ox = int(rng.integers(0, bh - height + 1)), int(rng.integers(0, bw - width + 1))
-    p = Painter(background[oy:oy + height, ox:ox + width].copy())
+    p = Painter(background[oy:oy + height, ox:ox + width].copy(), cam.cast)
     col = figure_colours(ident, outfit, rng, difficulty)
     F = min(height * cam.scale * ident.height_ratio * pose.scale, 0.98 * height)
     top = 0.5 * (height - F) + pose.dy

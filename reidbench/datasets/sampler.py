@@ -131,7 +131,7 @@ class PKSampler:
         plan: list[list[list[int]]] = []
         while len(available) >= per_step:
             chosen = [available[i] for i in rng.choice(len(available), size=per_step, replace=False)]
-            plan.append(self._step(chosen, chunks, rng))
+            plan.append(self._step(chosen, chunks))
             available = [pid for pid in available if chunks[pid]]
         if available and not self.drop_last:
             # Top up the leftover identities with others (distinct from them) so the
@@ -144,11 +144,12 @@ class PKSampler:
             chosen = [chosen[i] for i in order]
             for pid in extra:
                 chunks[pid].append(self._fresh_chunk(pid, rng))
-            plan.append(self._step(chosen, chunks, rng))
+            plan.append(self._step(chosen, chunks))
         self._plan_cache = (epoch, plan)
         return plan
 
-    def _step(self, chosen: list[int], chunks: dict[int, list[np.ndarray]], rng: np.random.Generator) -> list[list[int]]:
+    def _step(self, chosen: list[int], chunks: dict[int, list[np.ndarray]]) -> list[list[int]]:
+        """Split one step's identities over the ranks, one K-chunk each."""
         step = []
         for r in range(self.world_size):
             batch: list[int] = []
@@ -217,7 +218,11 @@ class PKSampler:
         a resume that silently used another seed, P, K, world size or training split would not
         be the run it claims to continue."""
         mine = self._config()
-        diff = [f"{key}: checkpoint {state.get(key)!r} vs now {mine[key]!r}" for key in mine if state.get(key) != mine[key]]
+        diff = [
+            f"{key}: checkpoint {state.get(key)!r} vs now {value!r}" for key, value in mine.items() if state.get(key) != value
+        ]
         if diff:
-            raise ValueError("PKSampler.load_state_dict: checkpoint was made with other sampler settings: " + "; ".join(diff))
+            raise ValueError(
+                "PKSampler.load_state_dict: checkpoint was made with other sampler settings: " + "; ".join(diff)
+            )
         self.set_epoch(int(state["epoch"]), int(state.get("start_batch", 0)))

@@ -143,9 +143,10 @@ def build_train_transform(
             steps.append(v2.RandomApply(pad_crop, p=crop_p))
     steps.extend(_to_normalised(mean, std))
     if erase_p > 0:
-        steps.append(
-            MaskAwareRandomErasing(p=erase_p, scale=erase_scale, ratio=erase_ratio, value="random", erase_masks=erase_masks)
+        erasing = MaskAwareRandomErasing(
+            p=erase_p, scale=erase_scale, ratio=erase_ratio, value="random", erase_masks=erase_masks
         )
+        steps.append(erasing)
     return v2.Compose(steps)
 
 

@@ -57,9 +57,10 @@ def _get(d: dict, dotted: str):
 
 
 def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progress: bool = False,
-              on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict:
+              on_epoch: Callable[[dict[str, float]], None] | None = None, in_tune: bool = False) -> dict:
     """Train and evaluate one run; return its final metrics (``test/<protocol>/<metric>`` among
-    them) and ``run_id``. ``on_epoch`` sees each epoch's metrics (in-process runs only)."""
+    them) and ``run_id``. ``on_epoch`` sees each epoch's metrics (in-process runs); inside a
+    Tune trial (``in_tune``) a worker group reports to Tune through ``TuneReportCallback``."""
     resolved = resolved_dict(cfg)
     existing = latest_checkpoint(cfg)
     if resume and existing is not None:
@@ -72,7 +73,7 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
     status = "FAILED"
     try:
         if uses_ray(cfg):
-            metrics = launch_ray(cfg, resolved, uri, run_id, resume=resume)
+            metrics = launch_ray(cfg, resolved, uri, run_id, resume=resume, in_tune=in_tune)
         else:
             env = WorkerEnv(store=LocalStore(checkpoint_folder(cfg)), tracker=MlflowTracker(uri, run_id),
                             progress=progress, on_epoch=on_epoch)

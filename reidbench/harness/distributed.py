@@ -118,12 +118,14 @@ def ray_run_name(cfg: RunConfig) -> str:
     return cfg.run_name.replace("/", "__")
 
 
-def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bool) -> dict[str, float]:
+def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bool,
+               in_tune: bool = False) -> dict[str, float]:
     """Run ``fit`` on a Ray Train worker group; resume from Ray's latest checkpoint when asked."""
     import ray
     from ray.train import CheckpointConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     if not ray.is_initialized():
         ray.init(num_cpus=max(cfg.dist.workers, 2) if not cfg.dist.use_gpu else None, log_to_driver=True,
@@ -137,7 +139,8 @@ def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bo
         torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.dist.workers, use_gpu=cfg.dist.use_gpu,
                                      resources_per_worker=None if cfg.dist.use_gpu else {"CPU": 1}),
-        run_config=RayRunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RayRunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                callbacks=[TuneReportCallback()] if in_tune else None),
         resume_from_checkpoint=resume_from,
     )
     result = trainer.fit()

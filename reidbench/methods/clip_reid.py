@@ -28,8 +28,9 @@ Followed from the official code (github.com/Syliz517/CLIP-ReID,
 * Loss weights ``ID_LOSS_WEIGHT 0.25`` (on the sum over both classifiers),
   ``TRIPLET_LOSS_WEIGHT 1`` (on the sum over the penultimate-layer CLS, the CLS
   and the projected CLS), ``I2T_LOSS_WEIGHT 1``; triplet margin 0.3
-  (``NO_MARGIN`` false). The returned loss terms are already weighted, so their
-  plain sum is the official loss.
+  (``NO_MARGIN`` false). ``training_step`` returns the unweighted terms and the
+  image stage carries these weights in ``Stage.loss_weights``, so the harness's
+  weighted sum is the official loss.
 * Test feature ``concat(cls, proj)`` *before* the BNNecks (``TEST.NECK_FEAT:
   'before'``; the repository default ``'after'`` is the ``neck_feat`` switch),
   ranked by cosine distance (``FEAT_NORM: 'yes'``).
@@ -122,7 +123,7 @@ class ClipReid(Method):
         return [
             cfg.prompt.stage(PROMPT_STAGE, trainable=("prompt_learner.",)),
             cfg.image.stage(IMAGE_STAGE, trainable=(*image_side_prefixes(self.backbone), "head."),
-                            head_prefix="head."),
+                            head_prefix="head.", extra_loss_weights=(("i2tce", cfg.i2t_loss_weight),)),
         ]
 
     @torch.no_grad()
@@ -185,7 +186,7 @@ class ClipReid(Method):
             if self._text_bank is None:
                 raise RuntimeError("clip_reid stage 'image': no identity text features; call begin_stage first")
             logits = self.i2t_logits(out.proj, self._text_bank.features)
-            terms["i2tce"] = cfg.i2t_loss_weight * self.objective.id_loss(logits, pids)
+            terms["i2tce"] = self.objective.id_loss(logits, pids)
         return terms
 
     def i2t_logits(self, image_proj: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

@@ -487,9 +487,10 @@ def encode_images(backbone: nn.Module, batch: dict, use_sie: bool, return_hidden
 
 class ReidObjective(nn.Module):
     """The image-side ReID losses of CLIP-ReID's stage 2 (and the baseline):
-    label-smoothed identity CE on every BNNeck's logits, summed, and batch-hard
-    triplet on every pre-BN feature, summed (the official ``make_loss`` sums over
-    its lists of scores and features), each times its weight.
+    ``id`` = label-smoothed identity CE on every BNNeck's logits, summed, and
+    ``triplet`` = batch-hard triplet on every pre-BN feature, summed (the official
+    ``make_loss`` sums over its lists of scores and features). Unweighted: the
+    weights travel in ``Stage.loss_weights``.
 
     The official ViT model's feature list is ``[penultimate-layer CLS, CLS,
     projected CLS]``; the first is used when the head output carries it
@@ -497,19 +498,17 @@ class ReidObjective(nn.Module):
     """
 
     def __init__(self, label_smoothing: float = 0.1, triplet_margin: float | None = 0.3,
-                 triplet_normalize: bool = False, id_weight: float = 1.0, triplet_weight: float = 1.0) -> None:
+                 triplet_normalize: bool = False) -> None:
         super().__init__()
         self.id_loss = CrossEntropyLabelSmooth(label_smoothing)
         self.triplet = TripletLoss(triplet_margin, triplet_normalize)
-        self.id_weight = id_weight
-        self.triplet_weight = triplet_weight
 
     def forward(self, out: HeadOutput, pids: torch.Tensor) -> dict[str, torch.Tensor]:
         id_loss = sum(self.id_loss(logits, pids) for logits in out.logits)
         triplet = self.triplet(out.cls, pids) + self.triplet(out.proj, pids)
         if out.penultimate is not None:
             triplet = triplet + self.triplet(out.penultimate, pids)
-        return {"id": self.id_weight * id_loss, "triplet": self.triplet_weight * triplet}
+        return {"id": id_loss, "triplet": triplet}
 
 
 @dataclass
@@ -535,13 +534,18 @@ class ImageStageConfig:
 
     def objective(self) -> ReidObjective:
         return ReidObjective(self.label_smoothing, None if self.triplet_soft_margin else self.triplet_margin,
-                             self.triplet_normalize, self.id_loss_weight, self.triplet_loss_weight)
+                             self.triplet_normalize)
 
-    def stage(self, name: str, trainable: tuple[str, ...], head_prefix: str) -> Stage:
+    def stage(self, name: str, trainable: tuple[str, ...], head_prefix: str,
+              extra_loss_weights: tuple[tuple[str, float], ...] = ()) -> Stage:
+        """The Stage: Adam, linear warmup then step decay; ``id``/``triplet`` weights
+        plus ``extra_loss_weights`` for a method's own terms."""
         return Stage(name=name, epochs=self.epochs, lr=self.lr, trainable=trainable, optimizer="adam",
                      weight_decay=self.weight_decay, schedule="steps", warmup_epochs=self.warmup_epochs,
                      warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.gamma,
-                     param_groups=((head_prefix, self.head_lr_mult),) if self.head_lr_mult != 1.0 else ())
+                     param_groups=((head_prefix, self.head_lr_mult),) if self.head_lr_mult != 1.0 else (),
+                     loss_weights=(("id", self.id_loss_weight), ("triplet", self.triplet_loss_weight),
+                                   *extra_loss_weights))
 
 
 @dataclass

@@ -1,0 +1,224 @@
+"""Sweeps on Ray Tune: a grid of (method, ablation, hyperparameters) x datasets x seeds.
+
+Each trial is a *function* trainable (Ray 2.60 / Train V2 rejects a TorchTrainer
+passed to ``Tuner``) that calls ``train_run``: one worker trains in-process (no
+worker-group start-up), more workers build a ``TorchTrainer`` inside the trial with
+``TuneReportCallback``. Every trial logs to the sweep's MLflow experiment, created
+before the trials start, under DESIGN.md's names and tags.
+
+Resumability: the Tune experiment lives at ``<output_dir>/tune/<experiment>`` (no
+timestamps). ``--resume`` restores it with ``Tuner.restore``: finished trials are not
+re-run; unfinished and errored ones continue from their last epoch checkpoint in the
+same MLflow run (``train_run(resume=True)``). Runs left RUNNING by a killed driver are
+marked KILLED first, and re-opened by the trial that continues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from ..config import flatten
+
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point before seeds and datasets are crossed in."""
+
+    method: str
+    ablation: str = "default"
+    params: dict = field(default_factory=dict)  # method params overrides (``params.<key>``)
+    overrides: tuple[str, ...] = ()  # any other run-config ``key=value``
+
+
+def ablation_grid(method: str, rows: dict[str, dict]) -> list[Trial]:
+    """One trial per named ablation row, e.g. ``{"no_attention": {"attention": "none"}}``."""
+    return [Trial(method, name, dict(params)) for name, params in rows.items()]
+
+
+def param_grid(method: str, axes: dict[str, Sequence], fixed: dict | None = None) -> list[Trial]:
+    """The cross product of hyperparameter values; ablation names read ``key=value,key=value``."""
+    keys = list(axes)
+    trials = []
+    for values in itertools.product(*(axes[k] for k in keys)):
+        params = {**(fixed or {}), **dict(zip(keys, values))}
+        trials.append(Trial(method, ",".join(f"{k}={v}" for k, v in zip(keys, values)), params))
+    return trials
+
+
+def expand(trials: Iterable[Trial], datasets: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    """Trials x datasets x seeds as Tune grid points (plain dicts)."""
+    points = []
+    for trial, dataset, seed in itertools.product(trials, datasets, seeds):
+        overrides = [f"method={trial.method}", f"tracking.ablation={trial.ablation}", f"data.dataset={dataset}",
+                     f"seed={seed}", *(f"params.{k}={_yaml(v)}" for k, v in flatten(trial.params).items()),
+                     *trial.overrides]
+        points.append({"name": f"{trial.method}/{trial.ablation}/{dataset}/{seed}", "overrides": overrides})
+    return points
+
+
+def _yaml(value) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _trial_trainable(config: dict) -> None:
+    """A Tune trial: one ``train_run``, reporting every epoch and the final test metrics."""
+    import ray.tune
+
+    from .api import train_run
+    from .run_config import build_run_config
+
+    started = time.perf_counter()
+    cfg = build_run_config(overrides=[*config["base"], *config["point"]["overrides"]])
+    loop_seconds = 0.0
+
+    def report(metrics: dict) -> None:
+        nonlocal loop_seconds
+        loop_seconds += metrics.get("epoch_seconds", 0.0)
+        ray.tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    metrics = train_run(cfg, resume=True, on_epoch=report, in_tune=True)
+    final = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    final["trial_seconds"] = time.perf_counter() - started
+    final["train_loop_seconds"] = loop_seconds
+    ray.tune.report(final)
+
+
+def connect_ray() -> None:
+    """Join the running cluster (``ray submit``, ``ray start``) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=False)
+    except (ConnectionError, RuntimeError):
+        ray.init(log_to_driver=False, include_dashboard=False)
+
+
+def close_stale_runs(base: list[str]) -> int:
+    """Mark the experiment's RUNNING runs KILLED (their drivers are gone); return how many."""
+    from .run_config import build_run_config
+    from .tracking import client_for, experiment_id, tracking_uri
+
+    cfg = build_run_config(overrides=base)
+    client = client_for(tracking_uri(cfg))
+    exp_id = experiment_id(client, cfg.tracking.experiment)
+    stale = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'")
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(stale)
+
+
+def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: str, resume: bool = False,
+              cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 1):
+    """Run (or, with ``resume``, continue) a sweep; return Tune's ResultGrid."""
+    import ray.tune
+
+    from .run_config import build_run_config
+    from .tracking import client_for, experiment_id, tracking_uri
+
+    out = Path(output_dir).resolve()
+    runs_dir = out / experiment / "runs"
+    base = sweep_base(base, experiment, output_dir)
+    cfg = build_run_config(overrides=base)
+    experiment_id(client_for(tracking_uri(cfg)), experiment)  # created before any trial starts
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    connect_ray()
+    trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    storage = str(out / experiment / "tune")
+    path = Path(storage) / experiment
+    if resume and ray.tune.Tuner.can_restore(str(path)):
+        print(f"[sweep] resuming {path}; closed {close_stale_runs(base)} stale RUNNING MLflow runs")
+        tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        # A fresh sweep starts from nothing; within it, trials always resume their own
+        # checkpoints, so a retried trial continues instead of starting over.
+        shutil.rmtree(runs_dir, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"base": base, "point": ray.tune.grid_search(points)},
+            run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=1,
+                                          failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
+        )
+    return tuner.fit()
+
+
+def sweep_base(base: list[str], experiment: str, output_dir: str) -> list[str]:
+    """Every trial's shared overrides: its own run folders under ``<output_dir>/<experiment>/runs``,
+    one MLflow store for all sweeps at ``<output_dir>/mlflow.db`` unless a URI is given."""
+    out = Path(output_dir).resolve()
+    tracking = [] if any(o.startswith("tracking.tracking_uri=") for o in base) else [
+        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
+    return [f"output_dir={out / experiment / 'runs'}", f"tracking.experiment={experiment}",
+            f"tracking.sweep={experiment}", *tracking, *base]
+
+
+def sweep_parser(description: str, default_experiment: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--smoke", action="store_true", help="tiny preset, 1 seed, few epochs: minutes on a CPU")
+    p.add_argument("--datasets", default=None, help="comma-separated registered datasets")
+    p.add_argument("--root", default=None, help="folder holding the datasets (real benchmarks)")
+    p.add_argument("--experiment", default=default_experiment)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--output-dir", default="runs/sweeps")
+    p.add_argument("--resume", action="store_true", help="continue a killed sweep without re-running finished trials")
+    p.add_argument("--preset", choices=["tiny", "paper"], default=None)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --smoke: 0)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--leaderboard", default=None, help="write the leaderboard CSV/Markdown here afterwards")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
+    return p
+
+
+SMOKE_OVERRIDES = ("preset=tiny", "optim.epochs_scale=0.15", "data.num_workers=0")
+
+
+def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_datasets: Sequence[str],
+               description: str, default_experiment: str, argv: list[str] | None = None) -> int:
+    """What every ``sweeps/*.py`` script runs: parse flags, expand the grid, run it, write the leaderboard."""
+    args = sweep_parser(description, default_experiment).parse_args(argv)
+    datasets = args.datasets.split(",") if args.datasets else list(default_datasets)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0] if args.smoke else list(SEEDS))
+    base = list(SMOKE_OVERRIDES) if args.smoke else []
+    if args.preset:
+        base.append(f"preset={args.preset}")
+    if args.root:
+        base.append(f"data.root={args.root}")
+    if args.tracking_uri:
+        base.append(f"tracking.tracking_uri={args.tracking_uri}")
+    base += args.overrides
+    points = expand(trials(args), datasets, seeds)
+    print(f"[sweep] {args.experiment}: {len(points)} trials ({len(datasets)} datasets x {len(seeds)} seeds)")
+    results = run_sweep(points, base, args.experiment, args.output_dir, resume=args.resume,
+                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    errors = [r for r in results if r.error]
+    out = args.leaderboard or str(Path(args.output_dir) / "leaderboard" / args.experiment)
+    write_sweep_leaderboard(args.experiment, sweep_base(base, args.experiment, args.output_dir), out)
+    if errors:
+        print(f"[sweep] {len(errors)} trial(s) failed; rerun with --resume to retry them")
+        return 1
+    return 0
+
+
+def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> None:
+    from .leaderboard import leaderboard, write_leaderboard
+    from .run_config import build_run_config
+    from .tracking import tracking_uri
+
+    cfg = build_run_config(overrides=base)
+    table = leaderboard(experiment, tracking_uri(cfg))
+    paths = write_leaderboard(table, out)
+    print(f"[sweep] leaderboard: {paths}")
