@@ -393,7 +393,7 @@ def test_cuhk_pedes_splits_and_one_text_per_caption(tmp_path):
         "train": {"images": 3, "ids": 2, "cameras": 1, "captions": 5},
         "val_images": {"images": 1, "ids": 1, "cameras": 1},
         "test_images": {"images": 2, "ids": 2, "cameras": 1},
-        "test_texts": {"images": 3, "ids": 2, "cameras": 1, "captions": 3},
+        "test_texts": {"images": 2, "ids": 2, "cameras": 1, "captions": 3},
     }
     assert (summary["val_texts"]["ids"], summary["val_texts"]["captions"]) == (1, 2)
     assert [(e.name, e.query, e.gallery, e.protocol) for e in ds.evaluations] == [("t2i", "test_texts", "test_images", "t2i")]
@@ -423,7 +423,7 @@ def test_rstpreid_img_path_key_and_val(tmp_path):
     ds = build_dataset("rstpreid", str(dset))
     assert [s.pid for s in ds.splits["train"]] == [0, 1]
     assert [s.captions for s in ds.splits["val_texts"]] == [("c5",), ("c6",)]
-    assert ds.summary()["test_texts"] == {"images": 2, "ids": 1, "cameras": 1, "captions": 2}
+    assert ds.summary()["test_texts"] == {"images": 1, "ids": 1, "cameras": 1, "captions": 2}
 
 
 def test_text_annotation_missing_key_or_image(tmp_path):

@@ -75,7 +75,7 @@ def test_text_dataset_json_has_caption_counts(tmp_path, capsys):
     assert run_data_check(parse(["--dataset", "cuhk_pedes", "--root", str(tmp_path), "--json"])) == 0
     splits = json.loads(capsys.readouterr().out)["splits"]
     assert list(splits) == ["train", "test_images", "test_texts"]
-    assert splits["test_texts"] == {"images": 3, "ids": 1, "cameras": 1, "captions": 3}
+    assert splits["test_texts"] == {"images": 1, "ids": 1, "cameras": 1, "captions": 3}
     assert splits["train"]["captions"] == 2
 
 

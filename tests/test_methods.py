@@ -179,6 +179,24 @@ def test_stage1_loss_reads_the_cache_not_the_batch_images():
         fresh.training_step(batch, s1)
 
 
+def test_stage1_encodes_each_identity_once_with_the_per_sample_result():
+    from reidbench.methods.components import i2t_t2i_losses
+
+    method = fake_clip_reid()
+    s1 = method.stages()[0]
+    batch = make_batch(n_per_id=3)
+    method.begin_stage(s1, lambda: chunks(batch))
+    terms = method.training_step(batch, s1)
+    sum(terms.values()).backward()
+    grad = method.prompt_learner.ctx.grad.clone()
+    method.zero_grad()
+    # the official code encodes one prompt per sample
+    ref = i2t_t2i_losses(method._image_bank.lookup(batch["index"]), method.encode_prompts(batch["pid"]), batch["pid"])
+    sum(ref.values()).backward()
+    assert torch.allclose(terms["i2t"], ref["i2t"], atol=1e-6) and torch.allclose(terms["t2i"], ref["t2i"], atol=1e-6)
+    assert torch.allclose(grad, method.prompt_learner.ctx.grad, atol=1e-6)
+
+
 # --------------------------------------------------------------- stage 2
 
 

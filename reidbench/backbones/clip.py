@@ -145,7 +145,7 @@ PRESETS: dict[str, ClipPreset] = {
     ),
     "tiny": ClipPreset(
         name="tiny",
-        description="CPU-sized CLIP for the embedded default: ViT 192x4 on 128x64 (8x4 patches), text 128x3",
+        description="CPU-sized CLIP for the embedded default: ViT 192x4 on 128x64 (8x4 patches), text 128x3, 77 tokens",
         vision_width=192,
         vision_layers=4,
         vision_heads=3,
@@ -154,7 +154,7 @@ PRESETS: dict[str, ClipPreset] = {
         text_width=128,
         text_layers=3,
         text_heads=2,
-        context_length=32,
+        context_length=77,
         embed_dim=128,
         vocab_size=None,
     ),

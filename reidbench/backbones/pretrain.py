@@ -50,10 +50,24 @@ from .tokenizer import cache_root, cached_directory, config_key, is_complete, sy
 
 PRETRAIN_VERSION = 1  # bump when the recipe below changes: it is part of the cache key
 
-# Zero-shot prompts per attribute factor ("{}" = the attribute value as written in captions).
-DEFAULT_PROMPTS: dict[str, str] = {
-    "upper_color": "a person in a {} top",
-    "lower_color": "a person in {} trousers",
+# Zero-shot prompt ensembles per attribute factor ("{}" = the attribute value).
+# The first template of each is the generator's own (ATTRIBUTE_VOCAB["prompt_templates"]);
+# the others name each garment type the captions use. Embeddings of a class's
+# prompts are averaged (CLIP's prompt ensembling), so no garment type is favoured.
+DEFAULT_PROMPTS: dict[str, tuple[str, ...]] = {
+    "upper_colour": (
+        "a person in a {} top",
+        "a person wearing a {} t-shirt",
+        "a person wearing a {} shirt",
+        "a person wearing a {} jacket",
+        "a person wearing a {} coat",
+    ),
+    "lower_colour": (
+        "a person wearing {} on the bottom",
+        "a person wearing {} trousers",
+        "a person wearing {} shorts",
+        "a person wearing a {} skirt",
+    ),
 }
 
 
@@ -120,7 +134,11 @@ def _pixels(images_uint8: torch.Tensor, flip: torch.Tensor | None = None) -> tor
 def load_pairs(n_images: int, seed: int, image_size: tuple[int, int]):
     from reidbench.datasets import synthetic
 
-    images, captions, attributes = synthetic.pretraining_pairs(n_images=n_images, seed=seed, image_size=tuple(image_size))
+    # The bytes do not depend on the number of render workers (see pretraining_pairs).
+    workers = max(1, min(4, os.cpu_count() or 1))
+    images, captions, attributes = synthetic.pretraining_pairs(
+        n_images=n_images, seed=seed, image_size=tuple(image_size), workers=workers
+    )
     images = torch.as_tensor(np.ascontiguousarray(images))
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         raise TypeError(f"pretraining_pairs must return uint8 [N,H,W,3] images, got {images.dtype} {list(images.shape)}")
@@ -187,16 +205,19 @@ def zero_shot_attribute_accuracy(
     model: ReidCLIP,
     images,
     attributes: Sequence[dict],
-    prompts: dict[str, str] | None = None,
+    prompts: dict[str, str | Sequence[str]] | None = None,
     image_embeddings: torch.Tensor | None = None,
 ) -> dict[str, dict]:
     """Zero-shot classification of attribute factors by prompt retrieval.
 
-    For each factor (default: upper and lower clothing colour), one prompt per
-    value present in ``attributes`` ("a person in a red top", ...); each image is
-    assigned the value whose prompt embedding is closest to its image embedding.
-    Returns ``{factor: {"accuracy", "chance" (1 / classes), "majority" (share of
-    the most frequent value), "classes", "n"}}``.
+    For each factor (default: upper and lower clothing colour) and each value
+    present in ``attributes``, the prompt templates are filled ("a person in a
+    red top", ...), encoded, L2-normalised and averaged into one class
+    embedding; each image gets the value whose class embedding has the highest
+    cosine similarity with its image embedding. ``prompts`` maps a factor to a
+    template or a tuple of templates. Returns ``{factor: {"accuracy", "chance"
+    (1 / classes), "majority" (share of the most frequent value), "classes",
+    "n"}}``.
     """
     was_training = model.training
     model.eval()
@@ -204,13 +225,15 @@ def zero_shot_attribute_accuracy(
     images = torch.as_tensor(images)
     img = image_embeddings if image_embeddings is not None else _image_embeddings(model, images)
     results = {}
-    for factor, template in prompts.items():
+    for factor, templates in prompts.items():
+        templates = (templates,) if isinstance(templates, str) else tuple(templates)
         labels = [a.get(factor) for a in attributes]
         if any(label is None for label in labels):
             raise KeyError(f"attribute {factor!r} missing from some attribute dicts (keys: {sorted(attributes[0])})")
         values = sorted({str(v) for v in labels})
-        text = _text_embeddings(model, [template.format(_format_value(v)) for v in values])
-        predicted = (img @ text.T).argmax(dim=1)
+        filled = [t.format(_format_value(v)) for v in values for t in templates]
+        text = _text_embeddings(model, filled).view(len(values), len(templates), -1).mean(dim=1)
+        predicted = (img @ F.normalize(text, dim=-1).T).argmax(dim=1)
         truth = torch.tensor([values.index(str(v)) for v in labels])
         counts = torch.bincount(truth, minlength=len(values))
         results[factor] = {

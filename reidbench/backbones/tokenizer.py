@@ -156,7 +156,7 @@ class ClipTokenizer:
 
     def encode_words(self, text: str) -> list[int]:
         """Ids of ``text`` without BOS/EOS/padding (prompt learners splice these)."""
-        return list(self.hf(text, add_special_tokens=False)["input_ids"])
+        return list(self.hf(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         if isinstance(ids, torch.Tensor):
@@ -251,19 +251,26 @@ def synthetic_fingerprint() -> str:
 
 
 def default_tokenizer_corpus() -> list[str]:
-    """Texts the default word-level tokenizer is trained on: everything the
-    synthetic generator can write, so that none of the synthetic texts meets
-    ``<unk>``. Uses ``synthetic.tokenizer_corpus()`` when the generator offers one;
-    otherwise the captions of 2,000 small pretraining pairs plus every word of
-    ``ATTRIBUTE_VOCAB``."""
+    """Texts the default word-level tokenizer is trained on: what the synthetic
+    generator writes, so that synthetic texts never meet ``<unk>``.
+
+    ``synthetic.tokenizer_corpus()`` when the generator offers one; otherwise the
+    captions of 1,000 small pretraining pairs (they mix every caption and
+    description style the benchmarks use), every value of ``ATTRIBUTE_VOCAB``
+    and its zero-shot prompt templates filled with those values.
+    """
     from reidbench.datasets import synthetic
 
     if hasattr(synthetic, "tokenizer_corpus"):
         return list(synthetic.tokenizer_corpus())
-    _, captions, _ = synthetic.pretraining_pairs(n_images=2000, seed=12345, image_size=(32, 16))
+    _, captions, _ = synthetic.pretraining_pairs(n_images=1000, seed=12345, image_size=(32, 16))
     texts = list(captions)
-    for values in getattr(synthetic, "ATTRIBUTE_VOCAB", {}).values():
-        texts.append(" ".join(str(v).replace("_", " ") for v in values))
+    vocab = getattr(synthetic, "ATTRIBUTE_VOCAB", {})
+    for key, values in vocab.items():
+        if key == "prompt_templates":
+            texts += [t.format(v) for factor, t in values.items() for v in vocab.get(factor, [])]
+        else:
+            texts.append(" ".join(str(v) for v in values))
     return texts
 
 

@@ -69,7 +69,7 @@ class ReidDataset:
         out: dict[str, dict[str, int]] = {}
         for split, samples in self.splits.items():
             row = {
-                "images": len({s.path for s in samples}) if split != "test_texts" else len(samples),
+                "images": len({s.path for s in samples}),
                 "ids": len({s.pid for s in samples}),
                 "cameras": len({s.camid for s in samples}),
             }

@@ -24,7 +24,7 @@ Identity cues that are not colours exist on purpose: body proportions
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -120,10 +120,8 @@ class Identity:
     glasses: bool
 
     def attributes(self) -> dict:
-        d = asdict(self)
-        for key in ("skin_rgb", "hair_rgb"):
-            d.pop(key)
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+                if k not in ("skin_rgb", "hair_rgb")}
 
 
 @dataclass(frozen=True)
@@ -147,9 +145,10 @@ class Outfit:
     tint: tuple  # per-garment multiplicative tint (upper, lower, shoes), fixed for the outfit
 
     def attributes(self) -> dict:
-        d = asdict(self)
-        d.pop("tint")
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+        d = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items() if k != "tint"}
+        if self.bag == "none":  # the drawn colour of a bag nobody carries is not a factor
+            d["bag_colour"] = "none"
+        return d
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class Pose:
     scale: float
 
     def attributes(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ class Camera:
 
     def attributes(self) -> dict:
         return {k: ([round(x, 4) for x in v] if isinstance(v, tuple) else (round(v, 4) if isinstance(v, float) else v))
-                for k, v in asdict(self).items() if k != "background_seed"}
+                for k, v in self.__dict__.items() if k != "background_seed"}
 
 
 def _choice(rng: np.random.Generator, options, p=None):
@@ -397,16 +396,22 @@ class Painter:
         return y0, y1, x0, x1
 
     def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
+        """Queue a primitive; ``rel2`` becomes its packed code (id + min(rel2, 0.999)) in place."""
+        np.minimum(rel2, 0.999, out=rel2)
         if part_label != _ROWS or not self.labels_on:
-            self._cmds.append((self._new(fill, lip_label, part_label), box, mask, rel2))
+            k = self._new(fill, lip_label, part_label)
+            rel2 += k
+            self._cmds.append((k, box, mask, rel2))
             return
         # one primitive per row band, each a row slice of the same mask
         y0, y1, x0, x1 = box
         edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
         for (a, b), part in zip(zip(edges[:-1], edges[1:]), (P_UPPER, P_LOWER, P_LEGS)):
             if b > a:
-                self._cmds.append((self._new(fill, lip_label, part), (a, b, x0, x1), mask[a - y0:b - y0],
-                                   rel2[a - y0:b - y0]))
+                k = self._new(fill, lip_label, part)
+                band = rel2[a - y0:b - y0]
+                band += k
+                self._cmds.append((k, (a, b, x0, x1), mask[a - y0:b - y0], band))
 
     def flush(self) -> None:
         """Rasterise the pending primitives into the id and shading maps, in painting order."""
@@ -416,8 +421,6 @@ class Painter:
             if mask is None:  # rectangle
                 code[y0:y1, x0:x1] = k
             else:
-                np.minimum(rel2, 0.999, out=rel2)
-                rel2 += k
                 np.copyto(code[y0:y1, x0:x1], rel2, where=mask)
             win[0], win[1], win[2], win[3] = min(win[0], y0), max(win[1], y1), min(win[2], x0), max(win[3], x1)
         self._cmds = []
@@ -461,6 +464,9 @@ class Painter:
         proj += xa * xa
         proj *= (1.0 / (r * r))[col]
         mask = proj <= 1.0
+        ks = np.array([self._cmds[c[0]][0] for c in caps], dtype=np.float32)
+        np.minimum(proj, 0.999, out=proj)
+        proj += ks[col]  # packed code: primitive id + shading (see ``code``)
         for j, (ci, box, *_rest) in enumerate(caps):
             h, w = box[1] - box[0], box[3] - box[2]
             self._cmds[ci] = (self._cmds[ci][0], box, mask[j, :h, :w], proj[j, :h, :w])
@@ -744,7 +750,7 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
     hx = X(cy) + (f * 0.06 * hw if side else 0.0)
     long_hair = ident.hair_length == "long"
     p.superellipse(cy, hx, hw, 0.5 * hh, hp, skin, FACE, P_HEAD)
-    hl = 0.42 if ident.hair_length == "short" else 0.46
+    hl = 0.45 if ident.hair_length == "short" else 0.5
     side_lim = {"short": 0.55, "medium": 0.95, "long": 1.0}[ident.hair_length]
     if pose.view == "front":
         def region(yy, xx):
@@ -757,7 +763,7 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
     else:
         def region(yy, xx):
             return (yy < top + hl * hh) | (((xx - hx) * f < -0.1 * hw) & (yy < top + side_lim * hh))
-    p.superellipse(cy - 0.07 * hh, hx, 1.18 * hw, 0.56 * hh * 1.1, hp, hair, HAIR, P_HEAD, region)
+    p.superellipse(cy - 0.08 * hh, hx, 1.22 * hw, 0.56 * hh * 1.12, hp, hair, HAIR, P_HEAD, region)
     if long_hair or (ident.hair_length == "medium" and pose.view == "back"):
         end = shoulder_y + (0.12 if long_hair else 0.02) * F
         if pose.view == "front":
@@ -944,11 +950,11 @@ def draw_occluder(p: Painter, kind: str, rng: np.random.Generator, difficulty: f
     c2 = np.clip(base * np.float32(rng.uniform(0.6, 0.85)), 0, 1)
     pattern = ("plain", "striped", "vstriped", "noise")[int(rng.integers(4))]
     fill = Fill(base, c2, pattern, rng.uniform(3, 9) * h / 128.0, 0.0, 0.0, shade=0.0)
-    if kind == "lower":
+    if kind == "lower":  # always spans the feet's centre
         oh = F * rng.uniform(0.22, 0.32 + 0.3 * d)
         y0 = top + F - oh + rng.uniform(-0.02, 0.04) * F
-        x0 = rng.uniform(-0.4, 0.15) * w
-        x1 = x0 + rng.uniform(0.85, 1.6) * w
+        x0 = cx - rng.uniform(0.3, 1.0) * w
+        x1 = cx + rng.uniform(0.3, 1.0) * w
         p.rect(y0, h + 1, x0, x1, fill, BG, BG)
     elif kind == "side":
         xs = np.flatnonzero(p.body_mask().any(axis=0))
@@ -1121,6 +1127,8 @@ def render(height: int, width: int, ident: Identity, outfit: Outfit, pose: Pose,
         if n_body and np.count_nonzero(p.body_mask()) > 0.92 * n_body:
             draw_occluder(p, "lower", rng, difficulty, top, F, cx)
             kinds.append("lower")
+            if np.count_nonzero(p.body_mask()) > 0.92 * n_body:  # e.g. a figure shifted high: cover the lower half
+                p.rect(top + 0.5 * F, height + 1, -1, width + 1, Fill(_OBJECT_COLOURS[0], shade=0.0), BG, BG)
         info["occluder"] = "+".join(kinds)
     img, lip, part = p.resolve()
     if occluder is not None:

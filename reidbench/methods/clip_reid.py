@@ -173,7 +173,10 @@ class ClipReid(Method):
             raise RuntimeError("clip_reid stage 'prompt': no cached image features; call begin_stage first")
         pids = batch["pid"]
         image_features = self._image_bank.lookup(batch["index"], pids)
-        text_features = self.encode_prompts(pids)
+        # One text pass per identity in the batch (P, not P x K): the same features
+        # and gradients as encoding every sample's prompt, K times cheaper.
+        identities, position = torch.unique(pids, return_inverse=True)
+        text_features = self.encode_prompts(identities)[position]
         return i2t_t2i_losses(image_features, text_features, pids, self.config.prompt.temperature,
                               self.config.prompt.normalize)
 

@@ -1,3 +1,4 @@
 """Imports every method module so that ``@register_method`` runs (one line per method)."""
 
 from . import baseline, clip_reid  # noqa: F401
+from . import profd  # noqa: F401

@@ -86,7 +86,7 @@ def cuhk_pedes(root: str | None) -> ReidDataset:
             "val_images": {"images": 3078, "ids": 1000},
             "val_texts": {"ids": 1000, "captions": 6158},
             "test_images": {"images": 3074, "ids": 1000},
-            "test_texts": {"images": 6156, "ids": 1000, "captions": 6156},
+            "test_texts": {"images": 3074, "ids": 1000, "captions": 6156},
         },
         "Official counts: IRRA's CUHK-PEDES statistics (40,206 images, 80,440 captions in all).",
     )
@@ -128,7 +128,7 @@ def rstpreid(root: str | None) -> ReidDataset:
             "val_images": {"images": 1000, "ids": 200},
             "val_texts": {"ids": 200, "captions": 2000},
             "test_images": {"images": 1000, "ids": 200},
-            "test_texts": {"images": 2000, "ids": 200, "captions": 2000},
+            "test_texts": {"images": 1000, "ids": 200, "captions": 2000},
         },
         "Official counts: RSTPReid paper / IRRA's statistics.",
     )
