@@ -379,6 +379,8 @@ def test_invalid_features_are_refused_naming_the_side():
         rank_metrics_from_features(bad, good, [1, 2, 3], [1, 2, 3], [0, 0, 0], [1, 1, 1])
     with pytest.raises(ValueError, match=r"text_feats contain NaN"):
         retrieval_metrics(bad, good, [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="too large for squared Euclidean distances"):
+        rank_metrics_from_features(good * 1e19, good, [1, 2, 3], [1, 2, 3], [0, 0, 0], [1, 1, 1], metric="euclidean")
     d = np.zeros((2, 2))
     d[1, 0] = np.nan
     with pytest.raises(ValueError, match="distmat has NaN or infinite distances for query row 1"):

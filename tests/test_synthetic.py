@@ -377,8 +377,16 @@ def test_pretraining_pairs_are_deterministic_captioned_and_from_other_people():
     assert big.shape == (2, 256, 128, 3)
 
 
-def test_zero_shot_prompt_vocabulary_occurs_in_captions():
+def test_zero_shot_prompt_vocabulary_occurs_in_captions_and_the_tokenizer_corpus_covers_all_text(all_flavors):
     _, captions, _ = S.pretraining_pairs(64, seed=4)
     words = {w for c in captions for w in S.processed_tokens(c)}
     for template in S.ATTRIBUTE_VOCAB["prompt_templates"].values():
         assert set(S.processed_tokens(template.replace("{}", ""))) <= words, template
+    corpus = {w for t in S.tokenizer_corpus(n_people=200) for w in S.processed_tokens(t)}
+    written = set(words)
+    for dset in all_flavors.values():
+        for rec in S.read_meta(dset).values():
+            texts = [rec["caption"], *rec["id_descriptions"].values(), *rec["clothes_descriptions"].values(),
+                     *rec.get("captions", [])]
+            written |= {w for t in texts for w in S.processed_tokens(t)}
+    assert written <= corpus, written - corpus

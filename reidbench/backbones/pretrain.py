@@ -257,9 +257,10 @@ def image_to_caption_recall(model: ReidCLIP, images, captions: Sequence[str],
     model.eval()
     img = image_embeddings if image_embeddings is not None else _image_embeddings(model, torch.as_tensor(images))
     unique = sorted(set(captions))
+    position = {c: i for i, c in enumerate(unique)}
     text = _text_embeddings(model, unique)
     best = (img @ text.T).argmax(dim=1)
-    truth = torch.tensor([unique.index(c) for c in captions])
+    truth = torch.tensor([position[c] for c in captions])
     model.train(was_training)
     return float((best == truth).float().mean())
 
@@ -283,9 +284,6 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str], c
     tokens = model.tokenizer(list(captions))
     ids = tokens["input_ids"]
     eos = model.eos_positions(ids)
-    # Causal attention + EOS pooling: the padding after the longest caption never
-    # influences a pooled state, so it is cut (a third of the text compute).
-    ids = ids[:, : int(eos.max()) + 1]
     _, groups = np.unique(np.asarray(captions, dtype=object).astype(str), return_inverse=True)
     groups = torch.as_tensor(groups)
     opt = _optimizer(model, cfg)
@@ -314,14 +312,18 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str], c
         flip = (torch.rand(len(index), generator=generator) < 0.5) if cfg.hflip else None
         pixels = _pixels(images[index], flip)
         image_emb = model.encode_image(pixels).proj
-        text_emb = model.encode_text_embeddings(model.token_embedding(ids[index]), eos[index])
+        # Causal attention + EOS pooling: padding after a batch's longest caption
+        # never reaches a pooled state, so it is cut.
+        batch_eos = eos[index]
+        batch_ids = ids[index, : int(batch_eos.max()) + 1]
+        text_emb = model.encode_text_embeddings(model.token_embedding(batch_ids), batch_eos)
         loss = clip_loss(image_emb, text_emb, model.logit_scale, groups[index] if cfg.dedupe_captions else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
         if stream is not None and (step % log_every == 0 or step == 1):
             if cfg.minutes is not None:

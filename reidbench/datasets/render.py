@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 # --------------------------------------------------------------------------- labels
 
@@ -57,6 +57,7 @@ COLOUR_RGB = {
     "green": (0.14, 0.58, 0.20), "blue": (0.15, 0.32, 0.82), "purple": (0.50, 0.20, 0.64),
     "pink": (0.97, 0.56, 0.72), "brown": (0.46, 0.28, 0.14), "khaki": (0.76, 0.69, 0.46),
 }
+_COLOUR_ARRAYS = {k: np.asarray(v, dtype=np.float32) for k, v in COLOUR_RGB.items()}
 UPPER_COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink")
 LOWER_COLOURS = ("black", "grey", "white", "blue", "brown", "green", "red", "khaki")
 SHOES_COLOURS = ("black", "white", "brown", "grey", "red", "blue")
@@ -304,8 +305,8 @@ class Fill:
     """Colour of a garment/skin region, evaluated only at the painted pixels.
 
     Patterns live in figure coordinates (``y_ref``, ``x_ref``) so stripes move
-    with the person; ``shade`` darkens towards a primitive's edge to give a
-    cylindrical look (the renderer passes the squared normalised distance).
+    with the person; ``shade`` is how much a primitive darkens towards its
+    edge (a cylindrical look; ``Painter.resolve`` applies it).
     """
 
     __slots__ = ("c1", "c2", "pattern", "period", "y_ref", "x_ref", "split_y", "shade")
@@ -316,37 +317,36 @@ class Fill:
         self.pattern, self.period, self.y_ref, self.x_ref = pattern, max(float(period), 2.0), y_ref, x_ref
         self.split_y, self.shade = split_y, shade
 
-    def colours(self, ym: np.ndarray, xm: np.ndarray, rel2: np.ndarray | None) -> np.ndarray:
+    def colours(self, ym: np.ndarray, xm: np.ndarray) -> np.ndarray:
+        """Unshaded colours at pixel rows ``ym`` and columns ``xm`` (1-D arrays)."""
         if self.pattern == "plain" or self.c2 is None:
-            out = np.broadcast_to(self.c1, (ym.shape[0], 3))
+            return np.broadcast_to(self.c1, (ym.shape[0], 3))
+        if self.pattern == "striped":
+            sel = np.floor((ym - self.y_ref) / self.period) % 2 == 1
+        elif self.pattern == "vstriped":
+            sel = np.floor((xm - self.x_ref) / self.period) % 2 == 1
+        elif self.pattern == "checked":
+            sel = (np.floor((ym - self.y_ref) / self.period) + np.floor((xm - self.x_ref) / self.period)) % 2 == 1
+        elif self.pattern == "two-tone":
+            sel = ym >= self.split_y
+        elif self.pattern == "noise":  # occluder texture: two-colour blotches from a coarse hash
+            sel = (np.floor(ym / self.period) * 7 + np.floor(xm / self.period) * 13) % 5 < 2
         else:
-            if self.pattern == "striped":
-                sel = np.floor((ym - self.y_ref) / self.period) % 2 == 1
-            elif self.pattern == "vstriped":
-                sel = np.floor((xm - self.x_ref) / self.period) % 2 == 1
-            elif self.pattern == "checked":
-                sel = (np.floor((ym - self.y_ref) / self.period) + np.floor((xm - self.x_ref) / self.period)) % 2 == 1
-            elif self.pattern == "two-tone":
-                sel = ym >= self.split_y
-            elif self.pattern == "noise":  # occluder texture: two-colour blotches from a coarse hash
-                sel = (np.floor(ym / self.period) * 7 + np.floor(xm / self.period) * 13) % 5 < 2
-            else:
-                raise ValueError(f"unknown fill pattern {self.pattern!r}")
-            out = np.where(sel[:, None], self.c2, self.c1)
-        if rel2 is not None and self.shade:
-            out = out * (1.0 - self.shade * np.minimum(rel2, 1.0))[:, None]
-        return out
+            raise ValueError(f"unknown fill pattern {self.pattern!r}")
+        return np.where(sel[:, None], self.c2, self.c1)
 
 
 class Painter:
-    """Rasterises primitives into a primitive-id map; colours and labels resolve in one pass.
+    """Rasterises primitives into a primitive-code map; colours and labels resolve in one pass.
 
-    Painting a primitive writes only its id (later primitives overwrite earlier
-    ones: painter's algorithm) and the squared normalised distance from its
-    axis (for shading), with ``np.copyto(where=mask)`` on its bounding box.
-    ``resolve`` then looks every pixel's fill, LIP label and part label up in
-    per-primitive tables. Per-primitive work is a few numpy calls, which is
-    what makes more than 1,000 images/s possible on two cores.
+    Painting a primitive writes one float per covered pixel, ``code = id +
+    min(rel2, 0.999)``: its id (later primitives overwrite earlier ones:
+    painter's algorithm) packed with its squared normalised distance from the
+    axis (for shading), by ``np.copyto(where=mask)`` on its bounding box.
+    Capsules (most primitives) are queued and their masks computed in one
+    batch. ``resolve`` then looks every pixel's fill, LIP label and part label
+    up in per-primitive tables. Per-primitive work is a few numpy calls: the
+    renderer is bound by call overhead, not by pixels.
 
     With ``labels_on`` False, primitives are drawn with label 0 (background):
     that is how occluders, bags and an occluding second pedestrian hide the
@@ -363,9 +363,7 @@ class Painter:
         self.window = [self.h, 0, self.w, 0]  # rows/cols touched so far (y0, y1, x0, x1)
         self.fills: list[Fill] = []
         self._fill_index: dict[int, int] = {}
-        self.prim_fill = [0]
-        self.prim_lip = [BG]
-        self.prim_part = [BG]
+        self.prims: list[tuple[int, int, int]] = [(0, BG, BG)]  # (fill index, LIP label, part label); 0 = none
         self.labels_on = True
         self.bands = (-1e9, 1e9)  # elbow line, hip line
         self._cmds: list = []  # (primitive id, box, mask or None for a full rectangle, rel2)
@@ -376,24 +374,31 @@ class Painter:
         self.bands = (elbow_y, hip_y)
 
     def _new(self, fill: Fill, lip_label: int, part_label: int) -> int:
-        k = len(self.prim_fill)
+        prims = self.prims
+        k = len(prims)
         if k > 255:
             raise RuntimeError("more than 255 primitives in one image")
         fi = self._fill_index.get(id(fill))
         if fi is None:
             fi = self._fill_index[id(fill)] = len(self.fills)
             self.fills.append(fill)
-        self.prim_fill.append(fi)
-        self.prim_lip.append(lip_label if self.labels_on else BG)
-        self.prim_part.append(part_label if self.labels_on else BG)
+        prims.append((fi, lip_label, part_label) if self.labels_on else (fi, BG, BG))
         return k
 
     def _box(self, y0, y1, x0, x1):
-        y0, y1 = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)) + 1, self.h)
-        x0, x1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)) + 1, self.w)
-        if y0 >= y1 or x0 >= x1:
+        """Integer pixel box covering [y0, y1] x [x0, x1], clipped to the image (None if empty)."""
+        a, b, c, d = math.floor(y0), math.ceil(y1) + 1, math.floor(x0), math.ceil(x1) + 1
+        if a < 0:
+            a = 0
+        if b > self.h:
+            b = self.h
+        if c < 0:
+            c = 0
+        if d > self.w:
+            d = self.w
+        if a >= b or c >= d:
             return None
-        return y0, y1, x0, x1
+        return a, b, c, d
 
     def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
         """Queue a primitive; ``rel2`` becomes its packed code (id + min(rel2, 0.999)) in place."""
@@ -416,20 +421,29 @@ class Painter:
     def flush(self) -> None:
         """Rasterise the pending primitives into the id and shading maps, in painting order."""
         self._eval_capsules()
-        code, win = self.code, self.window
+        code = self.code
+        if not self._cmds:
+            return
         for k, (y0, y1, x0, x1), mask, rel2 in self._cmds:
             if mask is None:  # rectangle
                 code[y0:y1, x0:x1] = k
             else:
                 np.copyto(code[y0:y1, x0:x1], rel2, where=mask)
-            win[0], win[1], win[2], win[3] = min(win[0], y0), max(win[1], y1), min(win[2], x0), max(win[3], x1)
+        boxes = np.array([c[1] for c in self._cmds])
+        win = self.window
+        win[0], win[1] = min(win[0], int(boxes[:, 0].min())), max(win[1], int(boxes[:, 1].max()))
+        win[2], win[3] = min(win[2], int(boxes[:, 2].min())), max(win[3], int(boxes[:, 3].max()))
         self._cmds = []
 
     def capsule(self, a, b, r, fill: Fill, lip_label: int, part_label: int) -> None:
         """A segment a-b thickened by r (limbs, neck, shoes). Evaluated later, in one batch."""
         (ay, ax), (by, bx) = a, b
-        r = max(float(r), 0.75)
-        box = self._box(min(ay, by) - r, max(ay, by) + r, min(ax, bx) - r, max(ax, bx) + r)
+        if r < 0.75:
+            r = 0.75
+        if ay < by:
+            box = self._box(ay - r, by + r, (ax if ax < bx else bx) - r, (bx if ax < bx else ax) + r)
+        else:
+            box = self._box(by - r, ay + r, (ax if ax < bx else bx) - r, (bx if ax < bx else ax) + r)
         if box is None:
             return
         k = self._new(fill, lip_label, part_label)
@@ -511,7 +525,7 @@ class Painter:
     def body_mask(self) -> np.ndarray:
         """Pixels currently showing a labelled body primitive."""
         self.flush()
-        table = (np.asarray(self.prim_part, dtype=np.int16) != 0).astype(np.uint8)
+        table = (np.array([p[2] for p in self.prims], dtype=np.int16) != 0).astype(np.uint8)
         return np.take(table, self.code.astype(np.uint8)).astype(bool)
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -528,9 +542,10 @@ class Painter:
             return self.img, lip, part
         code = self.code[y0:y1, x0:x1]
         ids = code.astype(np.uint8)
-        lip[y0:y1, x0:x1] = np.take(np.asarray(self.prim_lip, dtype=np.uint8), ids)
-        part[y0:y1, x0:x1] = np.take(np.asarray(self.prim_part, dtype=np.uint8), ids)
-        fidx = np.take(np.asarray(self.prim_fill, dtype=np.uint8), ids)
+        tables = np.array(self.prims, dtype=np.uint8)  # columns: fill, LIP, part
+        lip[y0:y1, x0:x1] = np.take(tables[:, 1], ids)
+        part[y0:y1, x0:x1] = np.take(tables[:, 2], ids)
+        fidx = np.take(tables[:, 0], ids)
         c1 = np.stack([f.c1 for f in self.fills]) * self.cast
         cols = np.take(c1, fidx, axis=0)
         for k, f in enumerate(self.fills):
@@ -540,7 +555,7 @@ class Painter:
             if not sel.any():
                 continue
             ys, xs = self.Y[y0:y1, x0:x1][sel], self.X[y0:y1, x0:x1][sel]
-            cols[sel] = f.colours(ys, xs, None) * self.cast
+            cols[sel] = f.colours(ys, xs) * self.cast
         shade = np.take(np.asarray([f.shade for f in self.fills], dtype=np.float32), fidx)
         shade *= code - ids  # rel2, clipped at 0.999
         np.subtract(1.0, shade, out=shade)
@@ -568,10 +583,10 @@ class FigureColours:
 
 def figure_colours(ident: Identity, outfit: Outfit, rng: np.random.Generator, difficulty: float) -> FigureColours:
     """Nominal colours with the outfit's fixed tint and a per-image fading jitter (grows with difficulty)."""
-    jit = rng.uniform(1.0 - 0.12 * difficulty, 1.0 + 0.08 * difficulty, size=5).astype(np.float32)
+    jit = rng.uniform(1.0 - 0.12 * difficulty, 1.0 + 0.08 * difficulty, size=5)
 
     def c(name, k, tint=1.0):
-        return np.clip(np.asarray(COLOUR_RGB[name], dtype=np.float32) * tint * jit[k], 0, 1)
+        return np.minimum(_COLOUR_ARRAYS[name] * np.float32(tint * jit[k]), 1.0)
 
     u, lo, sh = outfit.tint
     return FigureColours(
@@ -838,7 +853,8 @@ def make_background(seed: int, height: int, width: int, difficulty: float) -> np
     else:  # windows
         gh, gw = rng.uniform(14, 26) * s, rng.uniform(12, 22) * s
         inside = (yy % gh > 0.3 * gh) & (xx % gw > 0.3 * gw)
-        tex = np.where(inside, 1.2 * np.sign(rng.uniform(-1, 1)) + 0.3 * table[3, (np.floor(xx / gw) % 64).astype(np.int64)], 0.0)
+        shade = 1.2 * np.sign(rng.uniform(-1, 1)) + 0.3 * table[3, (np.floor(xx / gw) % 64).astype(np.int64)]
+        tex = np.where(inside, shade, 0.0)
     canvas = wall[None, None, :] * (1.0 + amp * tex[..., None])
     horizon = rng.uniform(0.55, 0.85) * bh
     ftex = np.where((np.floor(yy / (8 * s)) + np.floor(xx / (14 * s))) % 2 == 0, 1.0, -1.0) * 0.5 * amp
@@ -848,7 +864,10 @@ def make_background(seed: int, height: int, width: int, difficulty: float) -> np
     for _ in range(n_clutter):
         ch, cw = rng.uniform(6, 40) * s, rng.uniform(4, 30) * s
         y0, x0 = rng.uniform(0, bh - ch), rng.uniform(0, bw - cw)
-        colour = palette[rng.integers(len(palette))] if rng.random() < 0.6 * d else _OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))]
+        if rng.random() < 0.6 * d:
+            colour = palette[rng.integers(len(palette))]
+        else:
+            colour = _OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))]
         canvas[int(y0):int(y0 + ch), int(x0):int(x0 + cw)] = colour * rng.uniform(0.8, 1.1)
     return np.clip(canvas, 0.0, 1.0).astype(np.float32)
 

@@ -16,9 +16,26 @@ exactly as the community layouts the real adapters read:
 * ``pedes``    -> ``OUT/pedes/CUHK-PEDES/imgs/{train_query,test_query}/p<pid:05d>_s<n:06d>.jpg`` +
   ``reid_raw.json``.
 
-Beside every image (REL = its path relative to the dataset folder DSET):
-``DSET/masks/REL.png`` (ProFD 5-part labels), ``DSET/parsing/REL.png``
-(20-class LIP labels) and one line of ``DSET/reidbench_meta.jsonl``.
+Beside every image (REL = its path relative to the dataset folder DSET, e.g.
+``query/0101_c1s1_001203_02.jpg``; for CUHK-PEDES ``imgs/...``):
+``DSET/masks/REL`` with ``.png`` (uint8 ProFD parts: 0 background, 1 head,
+2 upper arms and torso, 3 lower arms and torso, 4 legs, 5 feet),
+``DSET/parsing/REL`` with ``.png`` (uint8 LIP labels 0..19; classes 3 Glove,
+6 Dress, 8 Socks, 10 Jumpsuits, 11 Scarf never occur; the neck is Face) and
+one line of ``DSET/reidbench_meta.jsonl``::
+
+    {"path": REL, "pid": as in the name (Market 0 / -1 included),
+     "camid": the layout's camera, 1-based (Market/Duke c-number; PRCC A/B/C = 1/2/3;
+              CUHK-PEDES: the rendering camera, absent from the layout),
+     "clothes_id": outfit id, global within the flavor (a uniform's id is shared by
+                   its wearers; Market distractors 1000000+; junk -1),
+     "occluded": an occluder hides >= 8 % of the body,
+     "split": train | query | gallery (Market, Duke) | train | val | test (PRCC, PEDES),
+     "attributes": every known factor (identity, outfit, view, camera, occluder,
+                   visible_fraction, uniform, outfit_slot, ...),
+     "caption": CLIP-SCGI template caption,
+     "id_descriptions" / "clothes_descriptions": {"terse", "detailed", "list"},
+     "captions": the two CUHK-PEDES captions (pedes only)}
 
 The world, per flavor and seed:
 
@@ -46,11 +63,15 @@ in another, and ``pretraining_pairs`` in a namespace no benchmark uses.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import multiprocessing
 import os
 import re
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -141,6 +162,8 @@ class World:
         self._outfit: dict = {}
         self._camera: dict = {}
         self._background: dict = {}
+        self._text: dict = {}
+        self._attrs: dict = {}
 
     def identity(self, ns: int, k: int) -> R.Identity:
         key = (ns, k)
@@ -159,6 +182,32 @@ class World:
         if key not in self._camera:
             self._camera[key] = R.sample_camera(_rng(self.cfg.seed, _S_CAMERA, ns, c), self.cfg.difficulty)
         return self._camera[key]
+
+    def texts(self, ns: int, k: int, ons: int, o: int) -> tuple:
+        """All caption/description variants of (identity, outfit); images pick among them."""
+        key = (ns, k, ons, o)
+        t = self._text.get(key)
+        if t is None:
+            i, outfit = self.identity(ns, k), self.outfit(ons, o)
+            ids = self._text.get(("id", ns, k)) or id_description_variants(i)
+            clothes = self._text.get(("clothes", ons, o)) or clothes_description_variants(outfit)
+            self._text[("id", ns, k)], self._text[("clothes", ons, o)] = ids, clothes
+            t = self._text[key] = (scgi_caption_variants(i, outfit), ids, clothes, pedes_caption_variants(i, outfit))
+        return t
+
+    def attributes(self, ns: int, k: int, ons: int, o: int) -> dict:
+        key = (ns, k, ons, o)
+        a = self._attrs.get(key)
+        if a is None:
+            a = self._attrs[key] = {**self.identity(ns, k).attributes(), **self.outfit(ons, o).attributes()}
+        return a
+
+    def camera_attributes(self, ns: int, c: int) -> dict:
+        key = ("camera", ns, c)
+        a = self._attrs.get(key)
+        if a is None:
+            a = self._attrs[key] = self.camera(ns, c).attributes()
+        return a
 
     def background(self, ns: int, c: int) -> np.ndarray:
         key = (ns, c)
@@ -232,8 +281,11 @@ def _gait(i: R.Identity) -> tuple[str, str]:
     return stride, swing
 
 
-def scgi_caption(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> str:
-    """CLIP-SCGI's LLaVA template, filled the way LLaVA fills it (with its small wording drift).
+def scgi_caption_variants(i: R.Identity, o: R.Outfit) -> list[str]:
+    """CLIP-SCGI's LLaVA template, filled the way LLaVA fills it, in its 8 wording variants.
+
+    The variants are LLaVA's small wording drift: age synonym x how "carrying"
+    is phrased x how glasses are phrased.
 
     Template (CLIP-SCGI, Sec. III-A): "A [age] [gender] is wearing [upper
     clothes]. [gender] is wearing [upper clothes] and [lower clothes]. The
@@ -242,33 +294,49 @@ def scgi_caption(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> str:
     the instruction sets (the worst case is 46 words).
     """
     he, _ = _pron(i)
-    age = {"young": ("young", "young"), "middle-aged": ("middle-aged", "middle-aged"),
-           "elderly": ("elderly", "old")}[i.age][int(rng.integers(2))]
+    ages = {"young": ("young", "young"), "middle-aged": ("middle-aged", "middle-aged"),
+            "elderly": ("elderly", "old")}[i.age]
     g = i.gender
     up, lo = upper_phrase(o), lower_phrase(o)
     if o.bag == "none":
-        carry = ("is not carrying anything", "carrying nothing")[int(rng.integers(2))]
+        carries = ("is not carrying anything", "carrying nothing")
     else:
-        carry = ("carrying ", "is carrying ")[int(rng.integers(2))] + _a(f"{o.bag_colour} {o.bag}")
+        carries = tuple(prefix + _a(f"{o.bag_colour} {o.bag}") for prefix in ("carrying ", "is carrying "))
     hair = _hair(i) + (f" under {_a(o.hat)} cap" if o.hat != "none" else "")
     if i.glasses:
-        glasses = ("and is wearing glasses", "and wears glasses")[int(rng.integers(2))]
+        glasses_options = ("and is wearing glasses", "and wears glasses")
     else:
-        glasses = ("and is not wearing glasses", "and does not wear glasses")[int(rng.integers(2))]
+        glasses_options = ("and is not wearing glasses", "and does not wear glasses")
 
-    def fill(second_upper: str, hair_part: str) -> str:
+    def fill(age: str, carry: str, glasses: str, second_upper: str, hair_part: str) -> str:
         return (f"{_a(age).capitalize()} {g} is wearing {up}. {he.capitalize()} is wearing {second_upper} and {lo}. "
                 f"The {g} is wearing {o.shoes_colour} shoes and {carry}. The {g} has {hair_part} {glasses}.")
 
-    # Over the instruction's 45 words, shorten like a compliant captioner: refer back to the top, then drop the cap.
-    for second_upper, hair_part in ((up, hair), (f"the {o.upper_type}", hair), (f"the {o.upper_type}", _hair(i))):
-        caption = fill(second_upper, hair_part)
-        if len(caption.split()) <= 45:
-            break
-    return caption
+    variants = []
+    for age in ages:
+        for carry in carries:
+            for glasses in glasses_options:
+                # Over the instruction's 45 words, shorten like a compliant captioner:
+                # refer back to the top, then drop the cap.
+                for second_upper, hair_part in ((up, hair), (f"the {o.upper_type}", hair),
+                                                (f"the {o.upper_type}", _hair(i))):
+                    caption = fill(age, carry, glasses, second_upper, hair_part)
+                    if len(caption.split()) <= 45:
+                        break
+                variants.append(caption)
+    return variants
 
 
-def id_descriptions(i: R.Identity, rng: np.random.Generator) -> dict[str, str]:
+def _pick(options: list[str], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def scgi_caption(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> str:
+    """One CLIP-SCGI template caption (see ``scgi_caption_variants``)."""
+    return _pick(scgi_caption_variants(i, o), rng)
+
+
+def id_description_variants(i: R.Identity) -> dict[str, list[str]]:
     """Identity only (biometric traits, no clothing), in BDAM's three writing styles.
 
     Each style has three phrasings so a text encoder sees wording variety
@@ -305,11 +373,19 @@ def id_descriptions(i: R.Identity, rng: np.random.Generator) -> dict[str, str]:
         f"[{g}] [{i.age}] [{i.build} build] [{i.height}] [{i.skin_tone} skin] [{hair}] "
         f"[{i.head_shape} head] [glasses: {yn}]",
     ]
-    return {s: opts[int(rng.integers(len(opts)))] for s, opts in (("terse", terse), ("detailed", detailed),
-                                                                    ("list", lists))}
+    return {"terse": terse, "detailed": detailed, "list": lists}
 
 
-def clothes_descriptions(o: R.Outfit, rng: np.random.Generator) -> dict[str, str]:
+def _pick_styles(variants: dict[str, list[str]], rng: np.random.Generator) -> dict[str, str]:
+    return {style: _pick(variants[style], rng) for style in ("terse", "detailed", "list")}
+
+
+def id_descriptions(i: R.Identity, rng: np.random.Generator) -> dict[str, str]:
+    """One identity description per style (see ``id_description_variants``)."""
+    return _pick_styles(id_description_variants(i), rng)
+
+
+def clothes_description_variants(o: R.Outfit) -> dict[str, list[str]]:
     """Clothing only (apparel, colours, patterns, accessories), in the same three styles."""
     up, lo = upper_phrase(o), lower_phrase(o)
     up_bare, lo_bare = upper_phrase(o, article=False), lower_phrase(o, article=False)
@@ -343,12 +419,16 @@ def clothes_descriptions(o: R.Outfit, rng: np.random.Generator) -> dict[str, str
         f"Top={up_bare} | Bottom={lo_bare} | Shoes={o.shoes_colour} | Bag={bag_item} | Hat={hat}",
         f"[{up_bare}] [{lo_bare}] [{shoes}] [bag: {bag_item}] [hat: {hat}]",
     ]
-    return {s: opts[int(rng.integers(len(opts)))] for s, opts in (("terse", terse), ("detailed", detailed),
-                                                                    ("list", lists))}
+    return {"terse": terse, "detailed": detailed, "list": lists}
 
 
-def pedes_captions(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> list[str]:
-    """Two captions per image, in two of three annotator styles (CUHK-PEDES has two per image)."""
+def clothes_descriptions(o: R.Outfit, rng: np.random.Generator) -> dict[str, str]:
+    """One clothing description per style (see ``clothes_description_variants``)."""
+    return _pick_styles(clothes_description_variants(o), rng)
+
+
+def pedes_caption_variants(i: R.Identity, o: R.Outfit) -> list[str]:
+    """CUHK-PEDES-like sentences in three annotator styles."""
     he, his = _pron(i)
     g, hair = i.gender, _hair(i)
     up, lo = upper_phrase(o), lower_phrase(o)
@@ -361,9 +441,18 @@ def pedes_captions(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> list
         f"{o.shoes_colour}" + (f" and {he} carries {bag}." if o.bag != "none" else "."),
         f"This {i.build} {g} wears {up} over {lo} and {o.shoes_colour} shoes; {he} has {hair}{glasses}.",
     ]
+    return styles
+
+
+def _pick_two(styles: list[str], rng: np.random.Generator) -> list[str]:
     first = int(rng.integers(3))
     second = (first + 1 + int(rng.integers(2))) % 3
     return [styles[first], styles[second]]
+
+
+def pedes_captions(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> list[str]:
+    """Two captions per image, in two of the three annotator styles (CUHK-PEDES has two per image)."""
+    return _pick_two(pedes_caption_variants(i, o), rng)
 
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -593,19 +682,47 @@ def render_spec(world: World, flavor_ns: int, spec: ImageSpec, rng: np.random.Ge
             other = (o_ident, o_outfit, o_pose, R.figure_colours(o_ident, o_outfit, orng, cfg.difficulty))
     res = R.render(cfg.height, cfg.width, ident, outfit, pose, cam, world.background(flavor_ns, spec.camera), rng,
                    cfg.difficulty, occluder=occluder, other=other, junk=spec.kind == "junk")
-    attrs = {**ident.attributes(), **outfit.attributes(), "view": pose.view, "walking_phase": round(pose.phase, 4),
-             "camera": spec.camera, "occluder": res.info["occluder"],
+    attrs = {**world.attributes(spec.ns, spec.k, spec.outfit_ns, spec.outfit), "view": pose.view,
+             "walking_phase": round(pose.phase, 4), "camera": spec.camera, "camera_factors": world.camera_attributes(
+                 flavor_ns, spec.camera), "occluder": res.info["occluder"],
              "visible_fraction": res.info["visible_fraction"], "uniform": spec.uniform,
-             "outfit_slot": spec.outfit_slot, "junk": spec.kind == "junk", "jpeg_quality": cam.jpeg_quality}
+             "outfit_slot": spec.outfit_slot, "junk": spec.kind == "junk"}
     return res, attrs
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+def png_bytes(labels: np.ndarray) -> bytes:
+    """A label map as an 8-bit grayscale PNG (filter None, zlib level 1).
+
+    Four times faster than PIL's PNG encoder on 128x64 maps, and any PNG
+    reader (PIL, torchvision, OpenCV) decodes it to the same array.
+    """
+    h, w = labels.shape
+    raw = np.zeros((h, w + 1), dtype=np.uint8)  # each row starts with filter byte 0
+    raw[:, 1:] = labels
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + chunk(b"IEND", b""))
 
 
-def _render_chunk(job: tuple) -> list[dict]:
-    """Worker: render, write image + masks, return the meta records of a chunk of specs."""
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _render_chunk(job: tuple) -> list[tuple[str, str, int, dict | None]]:
+    """Worker: render, write image + masks; return (meta JSON line, split, pid, CUHK-PEDES entry) per image."""
     cfg, flavor_ns, dset, specs, pedes = job
     world = _world(cfg)
     records = []
@@ -617,23 +734,25 @@ def _render_chunk(job: tuple) -> list[dict]:
         if cfg.mask_noise > 0:
             part, lip = R.corrupt_masks(part, lip, cfg.mask_noise, _rng(cfg.seed, _S_NOISE, flavor_ns, spec.index))
         stem = os.path.splitext(spec.rel)[0] + ".png"
-        res.image.save(os.path.join(dset, spec.rel), format="JPEG", quality=cam.jpeg_quality)
-        _save_png(part, os.path.join(dset, "masks", stem))
-        _save_png(lip, os.path.join(dset, "parsing", stem))
-        trng = rng
-        ident = world.identity(spec.ns, spec.k)
-        outfit = world.outfit(spec.outfit_ns, spec.outfit)
+        _write(os.path.join(dset, spec.rel), _jpeg_bytes(res.image, cam.jpeg_quality))
+        _write(os.path.join(dset, "masks", stem), png_bytes(part))
+        _write(os.path.join(dset, "parsing", stem), png_bytes(lip))
+        scgi, id_text, clothes_text, pedes_styles = world.texts(spec.ns, spec.k, spec.outfit_ns, spec.outfit)
         occluded = res.info["occluder"] != "none"
         clothes = -1 if spec.kind == "junk" else (
             spec.outfit + (_DISTRACTOR_CLOTHES_OFFSET if spec.outfit_slot == -1 else 0))
         rec = {"path": spec.rel, "pid": spec.pid, "camid": spec.camid, "clothes_id": clothes,
                "occluded": occluded, "split": spec.split, "attributes": attrs,
-               "caption": scgi_caption(ident, outfit, trng),
-               "id_descriptions": id_descriptions(ident, trng),
-               "clothes_descriptions": clothes_descriptions(outfit, trng)}
-        if pedes:
-            rec["captions"] = pedes_captions(ident, outfit, trng)
-        records.append(rec)
+               "caption": _pick(scgi, rng),
+               "id_descriptions": _pick_styles(id_text, rng),
+               "clothes_descriptions": _pick_styles(clothes_text, rng)}
+        raw = None
+        if pedes:  # the CUHK-PEDES entry, built here so the parent only concatenates
+            rec["captions"] = _pick_two(pedes_styles, rng)
+            raw = {"split": spec.split, "captions": rec["captions"], "file_path": spec.rel[len("imgs/"):],
+                   "processed_tokens": [processed_tokens(c) for c in rec["captions"]], "id": spec.pid}
+        split = "junk" if spec.kind == "junk" else spec.split
+        records.append((json.dumps(rec, separators=(",", ":")), split, spec.pid, raw))
     return records
 
 
@@ -662,7 +781,8 @@ def _chunks(seq: list, size: int) -> list[list]:
 
 def _params(flavor: str, n_ids: int, ipi: int, seed: int, mask_noise: float, difficulty: float,
             image_size: tuple[int, int]) -> dict:
-    return {"generator": "reidbench.datasets.synthetic", "version": GENERATOR_VERSION, "flavor": flavor,
+    return {"generator": "reidbench.datasets.synthetic", "version": GENERATOR_VERSION,
+            "source": source_fingerprint(), "flavor": flavor,
             "ids": n_ids, "images_per_id": ipi, "seed": seed, "mask_noise": mask_noise, "difficulty": difficulty,
             "image_size": list(image_size)}
 
@@ -698,20 +818,21 @@ def _write_flavor(out: Path, flavor: str, n_ids: int, ipi: int, seed: int, mask_
     ns = _FLAVOR_NS[flavor]
     pedes = flavor == "pedes"
     jobs = [(cfg, ns, str(dset), chunk, pedes) for chunk in _chunks(specs, 48)]
-    records: list[dict] = []
+    images: dict[str, int] = {}
+    pids: dict[str, set] = {}
+    raw = []
     with open(dset / META_FILE, "w") as meta:
         for chunk_records in _run_jobs(jobs, workers):
-            for rec in chunk_records:
-                meta.write(json.dumps(rec, sort_keys=True) + "\n")
-            records.extend(chunk_records)
+            for line, split, pid, entry in chunk_records:
+                meta.write(line + "\n")
+                images[split] = images.get(split, 0) + 1
+                pids.setdefault(split, set()).add(pid)
+                if entry is not None:
+                    raw.append(entry)
+    # per split as the adapters count them; Market's pid -1 images (dropped by adapters) under "junk"
+    counts = {split: {"images": n, "ids": len(pids[split])} for split, n in images.items()}
     if pedes:
-        raw = [{"split": r["split"], "captions": r["captions"], "file_path": r["path"][len("imgs/"):],
-                "processed_tokens": [processed_tokens(c) for c in r["captions"]], "id": r["pid"]}
-               for r in records]
         (dset / "reid_raw.json").write_text(json.dumps(raw))
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["split"]] = counts.get(r["split"], 0) + 1
     (partial / COMPLETE_FILE).write_text(json.dumps({"params": params, "counts": counts}, indent=1, sort_keys=True))
     if final.exists():
         old = out / f".{flavor}.old"
@@ -801,18 +922,18 @@ def _pretrain_chunk(job: tuple) -> tuple[np.ndarray, list[str], list[dict]]:
         spec = ImageSpec(index=i, rel="", pid=k, camid=0, ns=_PRETRAIN_NS, k=k, outfit_ns=_PRETRAIN_NS,
                          outfit=outfits[slot], outfit_slot=slot, uniform=uni and slot == 0,
                          camera=int(plan_rng.integers(NUM_CAMERAS["pretrain"])), p_occluded=0.15)
-        trng = _rng(cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
-        res, attrs = render_spec(world, _PRETRAIN_NS, spec, trng)
+        rng = _rng(cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
+        res, attrs = render_spec(world, _PRETRAIN_NS, spec, rng)
         images.append(np.asarray(res.image))
-        ident, outfit = world.identity(_PRETRAIN_NS, k), world.outfit(_PRETRAIN_NS, spec.outfit)
-        style = int(trng.integers(6))
+        scgi, ids, clothes, pedes_styles = world.texts(_PRETRAIN_NS, k, _PRETRAIN_NS, spec.outfit)
+        style = int(rng.integers(6))  # 2/6 SCGI template, 1/6 CUHK-PEDES style, 1/6 per description style
         if style <= 1:
-            text = scgi_caption(ident, outfit, trng)
+            text = _pick(scgi, rng)
         elif style == 2:
-            text = pedes_captions(ident, outfit, trng)[0]
+            text = _pick(pedes_styles, rng)
         else:
             s = ("terse", "detailed", "list")[style - 3]
-            text = id_descriptions(ident, trng)[s] + " " + clothes_descriptions(outfit, trng)[s]
+            text = _pick(ids[s], rng) + " " + _pick(clothes[s], rng)
         captions.append(text)
         attrs["pid"] = k
         attrs["clothes_id"] = spec.outfit
@@ -851,6 +972,38 @@ def pretraining_pairs(n_images: int, seed: int = 0, image_size: tuple[int, int] 
     return images, captions, attributes
 
 
+def tokenizer_corpus(n_people: int = 500, seed: int = 12345) -> list[str]:
+    """Every kind of text the generator writes, without rendering a pixel.
+
+    All caption and description variants of ``n_people`` random
+    (identity, outfit) pairs, plus every ``ATTRIBUTE_VOCAB`` value and every
+    prompt template filled with its factor's values, so a word-level
+    tokenizer trained on it never meets an unknown word in synthetic text.
+    """
+    texts: list[str] = []
+    for j in range(n_people):
+        rng = _rng(seed, _S_PLAN, _PRETRAIN_NS + 1, j)
+        i, o = R.sample_identity(rng), R.sample_outfit(rng)
+        texts += scgi_caption_variants(i, o) + pedes_caption_variants(i, o)
+        for variants in (*id_description_variants(i).values(), *clothes_description_variants(o).values()):
+            texts += variants
+    for key, values in ATTRIBUTE_VOCAB.items():
+        if key == "prompt_templates":
+            texts += [t.format(v) for factor, t in values.items() for v in ATTRIBUTE_VOCAB[factor]]
+        elif key != "colour_rgb":
+            texts.append(" ".join(str(v) for v in values))
+    return texts
+
+
+def source_fingerprint() -> str:
+    """Hash of the generator's source (this module and the renderer): a cache key for anything
+    derived from synthetic data (tokenizer, pretrained CLIP, generated benchmarks)."""
+    digest = hashlib.sha256()
+    for module in (__file__, R.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def read_meta(dataset_folder: str | os.PathLike) -> dict[str, dict]:
     """The side-car records of a synthetic dataset folder, keyed by relative image path."""
     path = Path(dataset_folder) / META_FILE
@@ -861,5 +1014,5 @@ def read_meta(dataset_folder: str | os.PathLike) -> dict[str, dict]:
 __all__ = [
     "ATTRIBUTE_VOCAB", "DATASET_DIRS", "FLAVORS", "ImageSpec", "World", "WorldConfig", "clothes_descriptions",
     "id_descriptions", "pedes_captions", "plan", "pretraining_pairs", "processed_tokens", "read_meta",
-    "scgi_caption", "synthesize", "wardrobe",
+    "scgi_caption", "source_fingerprint", "synthesize", "tokenizer_corpus", "wardrobe",
 ]

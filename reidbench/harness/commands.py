@@ -65,6 +65,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import run_leaderboard_command
+
+    return run_leaderboard_command(args)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from .ui import run_ui
+
+    return run_ui(args)
+
+
 def add_commands(sub) -> None:
     train = sub.add_parser("train", help="train and evaluate one method on one dataset")
     add_run_arguments(train)
@@ -86,3 +98,18 @@ def add_commands(sub) -> None:
     demo.add_argument("--methods", default="*", help="glob over registered methods")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    board = sub.add_parser("leaderboard", help="an experiment's runs as CSV/Markdown tables beside the published numbers")
+    board.add_argument("--experiment", required=True, help="MLflow experiment (one per sweep)")
+    board.add_argument("--out", required=True, help="folder for leaderboard.csv, leaderboard.md and plots/")
+    board.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
+    board.add_argument("--no-plots", action="store_true", help="skip the sensitivity and CMC plots")
+    board.add_argument("--log-to-run", metavar="RUN_ID", help="also log the tables and plots as artifacts of this run")
+    board.set_defaults(func=_leaderboard)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the tracking store (127.0.0.1 unless --host)")
+    ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ui.set_defaults(func=_ui)

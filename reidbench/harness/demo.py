@@ -26,15 +26,15 @@ def demo_plan(pattern: str = "*") -> list[tuple[str, str]]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from ..backbones import build_clip
-    from ..datasets import build_dataset
     from .api import train_run
+    from .trainer import load_dataset
     from .tracking import tracking_uri
 
     t_start = time.perf_counter()
     plan = demo_plan(args.methods)
     print(f"[demo] 1/3 synthesizing benchmarks (cached after the first run): {', '.join(sorted({b for _, b in plan}))}")
     for bench in sorted({b for _, b in plan}):
-        build_dataset(bench)
+        load_dataset(build_run_config(overrides=[f"data.dataset={bench}"]))
     print("[demo] 2/3 pretraining the tiny CLIP on synthetic image-caption pairs (cached after the first run)")
     build_clip("tiny", pretrained="synthetic")
     print(f"[demo] 3/3 training {len(plan)} runs with the tiny preset")

@@ -14,6 +14,17 @@ from ..config import from_dict, load_config, merge, to_dict
 
 
 @dataclass
+class SyntheticConfig:
+    """How the ``synthetic_*`` benchmarks are generated when no ``data.root`` is given
+    (each setting is its own cached copy)."""
+
+    ids: int = 150
+    seed: int = 0
+    mask_noise: float = 0.0  # 0 = exact part masks; the ProFD robustness sweep raises it
+    difficulty: float = 0.5
+
+
+@dataclass
 class DataConfig:
     dataset: str = "synthetic_market"
     root: str | None = None  # None: the synthetic benchmark, generated and cached on first use
@@ -23,6 +34,7 @@ class DataConfig:
     num_workers: int = 2
     eval_batch_size: int = 128
     val_fraction: float = 0.1  # training identities held out for model selection (never the test split)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass

@@ -216,10 +216,22 @@ class Prepared:
     image_size: tuple[int, int]
 
 
+def load_dataset(cfg: RunConfig) -> ReidDataset:
+    """The configured dataset; a ``synthetic_*`` one without a root is generated (cached) per ``data.synthetic``."""
+    from dataclasses import asdict
+
+    from ..datasets.synthetic_sets import SYNTHETIC, synthetic_root
+
+    root = cfg.data.root
+    if root is None and cfg.data.dataset in SYNTHETIC:
+        root = str(synthetic_root(SYNTHETIC[cfg.data.dataset][0], asdict(cfg.data.synthetic)))
+    return build_dataset(cfg.data.dataset, root)
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     from ..backbones import build_clip
 
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root)
+    dataset = load_dataset(cfg)
     train, vq, vg = split_validation(dataset.splits["train"], cfg.data.val_fraction, cfg.seed)
     num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
     backbone = build_clip(cfg.backbone.preset, pretrained=cfg.backbone.pretrained, image_size=cfg.data.image_size,

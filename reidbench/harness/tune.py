@@ -183,7 +183,10 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
     return p
 
 
-SMOKE_OVERRIDES = ("preset=tiny", "optim.epochs_scale=0.15", "data.num_workers=0")
+# --smoke checks the machinery end to end in minutes: tiny preset, few epochs, a small
+# synthetic benchmark and an untrained tiny CLIP (no 5-minute pretraining first).
+SMOKE_OVERRIDES = ("preset=tiny", "optim.epochs_scale=0.15", "data.num_workers=0", "data.synthetic.ids=24",
+                   "backbone.pretrained=null")
 
 
 def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_datasets: Sequence[str],

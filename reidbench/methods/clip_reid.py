@@ -76,7 +76,7 @@ class ClipReidConfig(PresetConfig):
     n_ctx: int = 4  # learnable tokens per identity ("X X X X")
     prompt_template: str = "a photo of a {ctx} person."
     ctx_init_std: float = 0.02
-    use_i2t_in_stage2: bool = True  # ablation: drop L_i2tce (stage 2 = baseline losses on prompt-free features)
+    use_i2t_in_stage2: bool = True  # ablation: without L_i2tce (the prompt stage is then skipped)
     i2t_loss_weight: float = 1.0
     i2t_logits: Literal["raw", "cosine"] = "raw"
     sie: bool = True  # use the backbone's camera embedding when it has one
@@ -119,12 +119,14 @@ class ClipReid(Method):
 
     # -- stages ------------------------------------------------------------
     def stages(self) -> list[Stage]:
+        """``prompt`` then ``image``. Without ``i2tce`` nothing reads the prompts, so
+        the ablation ``use_i2t_in_stage2=False`` skips the prompt stage."""
         cfg = self.config
-        return [
-            cfg.prompt.stage(PROMPT_STAGE, trainable=("prompt_learner.",)),
-            cfg.image.stage(IMAGE_STAGE, trainable=(*image_side_prefixes(self.backbone), "head."),
-                            head_prefix="head.", extra_loss_weights=(("i2tce", cfg.i2t_loss_weight),)),
-        ]
+        image = cfg.image.stage(IMAGE_STAGE, trainable=(*image_side_prefixes(self.backbone), "head."),
+                                head_prefix="head.", extra_loss_weights=(("i2tce", cfg.i2t_loss_weight),))
+        if not cfg.use_i2t_in_stage2:
+            return [image]
+        return [cfg.prompt.stage(PROMPT_STAGE, trainable=("prompt_learner.",)), image]
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:

@@ -2,3 +2,4 @@
 
 from . import baseline, clip_reid  # noqa: F401
 from . import profd  # noqa: F401
+from . import scing  # noqa: F401

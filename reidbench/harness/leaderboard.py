@@ -1,0 +1,521 @@
+"""The leaderboard: one MLflow experiment's runs as the papers' tables, published numbers beside them.
+
+``leaderboard(experiment, tracking_uri)`` reads the experiment with ``mlflow.search_runs``
+and returns one row per (method, ablation, dataset, protocol, setup) with the number of
+seeds, mean and standard deviation of R1, R5, R10, mAP and mINP, the run ids, and the
+published numbers of the same configuration with the difference. ``write_leaderboard``
+writes it as ``leaderboard.csv`` and ``leaderboard.md`` (the Markdown also renders every
+paper table that a run belongs to in the paper's shape: rows = the table's ablations,
+columns = its datasets x metrics).
+
+Decisions (what a reader of the numbers needs to know):
+
+* Only FINISHED runs count; a FAILED, KILLED or RUNNING run is skipped (and counted in
+  ``BoardRuns.skipped``). Two FINISHED runs of one (method, ablation, dataset, seed,
+  setup) should not exist (tracking.py replaces runs); if they do, the one that ended
+  last is kept.
+* ``std`` is the sample standard deviation over seeds (ddof=1), empty for one seed.
+* The **setup** column says how a run differs from the paper's setup, from its logged
+  params: ``tiny`` (the tiny preset), ``synthetic`` (a ``synthetic_*`` dataset, or a
+  ``data.root`` written by ``reidbench data synth``), ``backbone=X`` (not ViT-B/16),
+  ``random-init`` / ``synthetic-clip`` (not the real pretrained CLIP), ``epochs*S``
+  (``optim.epochs_scale`` != 1); ``unknown`` when the params are missing. ``paper``
+  means none of these. Runs of different setups are never averaged together, and the
+  difference to the published number (``diff_*``) is filled only for ``paper`` rows:
+  other rows show the published number beside theirs, labelled, never compared.
+* A synthetic dataset is shown against the real benchmark it stands in for
+  (``synthetic_occluded`` -> ``occluded_duke``, ...; ``reidbench.datasets.synthetic_sets``),
+  with ``synthetic`` in its setup so no difference is computed.
+* Protocol names are the evaluation names of the dataset adapters, as logged in
+  ``test/<protocol>/<metric>``; ``general`` (LTCC, VC-Clothes) is the paper tables'
+  ``standard`` setting and is matched as such.
+* Several papers quote the same configuration (e.g. CLIP-ReID on Occluded-Duke in ProFD,
+  CLIP-SCGI and SCING; a method's full model in its main and its ablation tables). The
+  CSV's ``published_*`` columns take one source: the method's own paper first, then the
+  order of ``published.csv``; ``published_source`` names it. The Markdown's paper tables
+  show each paper's own numbers.
+
+Published numbers (``reidbench/data/published.csv``): columns ``method, ablation,
+dataset, protocol, metric, value, paper, table, row, note``; values in percent exactly as
+printed; ``paper`` is the paper that prints them (``profd``, ``ccaf``, ``clip_scgi``,
+``scing``, ``bdam``), ``table`` its table number in arabic numerals (BDAM's TABLE I-IV
+are Table 1-4), ``row`` the row as the paper labels it, ``note`` what a reader should
+know (e.g. a value taken from the text because the table body is missing from the copy).
+Rows with an empty value keep a table's shape where the copy lost its body (ProFD
+Tables 4 and 5). Only the five methods and their shared baselines are transcribed, not
+the other methods of the comparison tables. Figures (ProFD Fig. 4, CCAF Fig. 4, CLIP-SCGI
+Fig. 4) have no numbers in the copies and SCING Table 4 averages over datasets, so none
+of them is in the file.
+
+Ablation names (the ``ablation`` tag a sweep gives a run; ``default`` is the method's
+full model as published, which is also what ``reidbench train`` tags a plain run).
+``no_X`` removes component X from the full model, ``X_only`` keeps only X of a table's
+group, ``baseline`` is a table's all-off row, other names say what replaces what:
+
+==========  =======  ===============================================================
+method      table    ablations (paper row)
+==========  =======  ===============================================================
+profd       T1       ``stride12`` (ProFD*: overlapping patch stride 12)
+profd       T3       ``no_attention`` (weighted average pooling), ``sea_only``,
+                     ``spa_only``, ``default`` (SEA + SPA)
+profd       T4       ``no_memory``, ``global_memory_only``, ``part_memory_only``, ``default``
+profd       T5       ``no_align_no_div``, ``no_div`` (+ L_align), ``no_align`` (+ L_div),
+                     ``default``
+clip_reid   ProFD T1 ``stride12`` (CLIP-ReID*); CLIP-SCGI T1 ``rn50`` (ResNet-50)
+baseline    SCGI T1  ``default`` (ViT-B/16), ``rn50``: CLIP-ReID's image-only baseline
+ccaf        T3       ``baseline`` (B), ``no_i2i_no_cfm`` (B+I2T), ``no_cfm`` (B+I2T+I2I),
+                     ``default``
+ccaf        T4       ``onehot_cfm`` (r/p L^c_i2tce), ``onehot_cfm_no_shield_text``
+                     (also w/o L^s_i2tce), ``no_text_prompts`` (also w/o L_i2tce)
+clip_scgi   T1       ``rn50`` (ResNet-50 image encoder)
+clip_scgi   T3       ``no_cff`` (CGI only), ``no_cgi`` (CFF only), ``default``
+clip_scgi   T4       ``replace_q`` (CFF query = image features)
+scing       T3       ``baseline`` (CLIP-ReID), ``metanet`` (CoCoOp meta-net),
+                     ``no_pdca`` (SVIP only), ``default`` (SVIP + PDCA)
+bdam        T2       ``baseline``, ``bdam_only`` (+ BDAM), ``bdam_only_no_cross_attn``,
+                     ``bdam_only_no_gate``, ``bdam_only_shallow`` (3 layers)
+bdam        T3       ``baseline``, ``fusion_only`` (Full Fusion), ``fusion_only_no_mamba``,
+                     ``fusion_only_no_gate``, ``fusion_only_no_align``
+bdam        T4       ``no_infonce``, ``no_triplet``, ``no_align_loss``, ``no_decouple``,
+                     ``no_gate_reg``, ``default``
+==========  =======  ===============================================================
+
+``published_ablations(method)`` lists them with their tables and paper rows, so a sweep
+can take its grid from the same source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+
+METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+KEY = ("method", "ablation", "dataset", "protocol")
+GROUP = (*KEY, "setup")
+PAPERS = {"profd": "ProFD", "ccaf": "CCAF", "clip_scgi": "CLIP-SCGI", "scing": "SCING", "bdam": "BDAM"}
+HOME_PAPER = {"profd": "profd", "ccaf": "ccaf", "clip_scgi": "clip_scgi", "scing": "scing", "bdam": "bdam"}
+TABLE_CAPTIONS = {
+    ("profd", "Table 1"): "occluded ReID",
+    ("profd", "Table 2"): "holistic ReID",
+    ("profd", "Table 3"): "attention mechanisms of the hybrid-attention decoder",
+    ("profd", "Table 4"): "self-distillation (memory banks)",
+    ("profd", "Table 5"): "loss functions",
+    ("ccaf", "Table 1"): "LTCC, PRCC and VC-Clothes",
+    ("ccaf", "Table 2"): "DeepChange",
+    ("ccaf", "Table 3"): "components (cloth-changing setting)",
+    ("ccaf", "Table 4"): "text-prompt losses (cloth-changing setting)",
+    ("clip_scgi", "Table 1"): "comparison with the state of the art",
+    ("clip_scgi", "Table 2"): "efficiency (mAP column)",
+    ("clip_scgi", "Table 3"): "components",
+    ("clip_scgi", "Table 4"): "query of the CFF module",
+    ("scing", "Table 1"): "holistic ReID",
+    ("scing", "Table 2"): "occluded ReID",
+    ("scing", "Table 3"): "components",
+    ("bdam", "Table 1"): "comparison with the state of the art",
+    ("bdam", "Table 2"): "the BDAM module",
+    ("bdam", "Table 3"): "the fusion module",
+    ("bdam", "Table 4"): "loss components",
+}
+PROTOCOL_ALIASES = {"general": "standard"}
+PAPER_BACKBONE = "vit-b16"
+PAPER_PRESET = "paper"
+# Params that never make runs different experiments (for sensitivity-plot detection).
+NON_SETTINGS = ("seed", "output_dir", "data.root", "data.num_workers", "data.eval_batch_size", "tracking.")
+
+
+# ----------------------------------------------------------------------------- published numbers
+
+def published_path() -> Path:
+    return Path(str(resources.files("reidbench") / "data" / "published.csv"))
+
+
+def load_published(path: str | Path | None = None) -> pd.DataFrame:
+    """The published numbers, one row per (method, ablation, dataset, protocol, metric, paper, table).
+
+    ``value`` is a float (NaN where the paper copy lost the number), ``value_text`` the
+    number as printed (``21.0`` stays ``21.0``)."""
+    df = pd.read_csv(path or published_path(), dtype=str, keep_default_na=False)
+    expected = ["method", "ablation", "dataset", "protocol", "metric", "value", "paper", "table", "row", "note"]
+    if list(df.columns) != expected:
+        raise ValueError(f"{path or published_path()}: expected columns {expected}, found {list(df.columns)}")
+    bad = sorted(set(df["metric"]) - set(METRICS))
+    if bad:
+        raise ValueError(f"{path or published_path()}: unknown metric(s) {bad}; expected one of {METRICS}")
+    df["value_text"] = df["value"]
+    df["value"] = pd.to_numeric(df["value"].replace("", np.nan))
+    return df
+
+
+def published_ablations(method: str, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The ablations of ``method`` that the papers print: ablation, paper, table, row, datasets."""
+    pub = load_published() if published is None else published
+    rows = pub[pub["method"] == method]
+    out = (rows.groupby(["ablation", "paper", "table", "row"], sort=False)["dataset"]
+           .agg(lambda s: ",".join(dict.fromkeys(s))).reset_index().rename(columns={"dataset": "datasets"}))
+    return out
+
+
+def _primary_sources(pub: pd.DataFrame) -> pd.DataFrame:
+    """One (paper, table) per key: the method's own paper first, then file order."""
+    pub = pub.copy()
+    pub["_order"] = range(len(pub))
+    pub["_home"] = [0 if HOME_PAPER.get(m) == p else 1 for m, p in zip(pub["method"], pub["paper"])]
+    with_value = pub[pub["value"].notna()]
+    first = (with_value.sort_values(["_home", "_order"]).groupby(list(KEY), sort=False)[["paper", "table"]]
+             .first().reset_index())
+    chosen = with_value.merge(first, on=[*KEY, "paper", "table"])
+    wide = chosen.pivot_table(index=list(KEY), columns="metric", values="value", aggfunc="first")
+    wide.columns = [f"published_{m}" for m in wide.columns]
+    wide = wide.reset_index().merge(first, on=list(KEY))
+    wide["published_source"] = [f"{PAPERS.get(p, p)} {t}" for p, t in zip(wide["paper"], wide["table"])]
+    for m in METRICS:
+        if f"published_{m}" not in wide:
+            wide[f"published_{m}"] = np.nan
+    return wide.drop(columns=["paper", "table"])
+
+
+# ----------------------------------------------------------------------------- runs
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the store ``reidbench train`` writes by default
+    (``sqlite:///<cwd>/runs/mlflow.db``)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
+
+
+@contextlib.contextmanager
+def _tracking(uri: str) -> Iterator[None]:
+    """``mlflow.search_runs`` reads the global tracking URI: set it for the call, then restore it."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def is_synthetic(dataset: str, root: str | None = None) -> bool:
+    """A ``synthetic_*`` dataset, or a real adapter reading a folder the generator wrote
+    (it leaves ``reidbench_meta.jsonl`` in each dataset folder; real datasets have none)."""
+    if dataset.startswith("synthetic"):
+        return True
+    if not root or root == "None":
+        return False
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        return False
+    return any(next(base.glob(pattern), None) is not None
+               for pattern in ("reidbench_meta.jsonl", "*/reidbench_meta.jsonl", "*/*/reidbench_meta.jsonl"))
+
+
+def paper_dataset(dataset: str) -> str:
+    """The real benchmark a dataset stands in for (itself unless it is a synthetic one)."""
+    if dataset.startswith("synthetic"):
+        from ..datasets.synthetic_sets import SYNTHETIC
+
+        if dataset in SYNTHETIC:
+            return SYNTHETIC[dataset][1]
+    return dataset
+
+
+def setup_label(params: Mapping[str, str], dataset: str) -> str:
+    """How a run's setup differs from the paper's (module docstring); ``paper`` if it does not."""
+    preset = params.get("preset")
+    if preset in (None, "", "nan"):
+        return "unknown"
+    labels = []
+    if preset != PAPER_PRESET:
+        labels.append(str(preset))
+    else:
+        backbone = params.get("backbone.preset")
+        if backbone != PAPER_BACKBONE:
+            labels.append(f"backbone={backbone}")
+        pretrained = params.get("backbone.pretrained")
+        if pretrained in (None, "", "None", "nan"):
+            labels.append("random-init")
+        elif pretrained == "synthetic":
+            labels.append("synthetic-clip")
+    if is_synthetic(dataset, params.get("data.root")):
+        labels.append("synthetic")
+    scale = params.get("optim.epochs_scale")
+    with contextlib.suppress(TypeError, ValueError):
+        if scale not in (None, "") and float(scale) != 1.0:
+            labels.append(f"epochs*{float(scale):g}")
+    return "/".join(labels) or "paper"
+
+
+@dataclass
+class BoardRuns:
+    """The experiment's usable runs, one row each: tags, setup, ``metrics.*`` and ``params.*``."""
+
+    runs: pd.DataFrame
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
+    """FINISHED runs of ``experiment`` that carry the run tags (tracking.py conventions)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LookupError(f"no MLflow experiment named {experiment!r} in {uri}; "
+                          f"experiments there: {', '.join(names) or '(none)'}")
+    with _tracking(uri):
+        df = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas")
+    skipped: dict[str, int] = {}
+    columns = ["run_id", *KEY[:3], "seed", "setup", "paper_dataset", "end_time"]
+    if df.empty:
+        return BoardRuns(pd.DataFrame(columns=columns), skipped)
+    unfinished = df["status"] != "FINISHED"
+    if unfinished.any():
+        for status, n in df.loc[unfinished, "status"].value_counts().items():
+            skipped[f"status {status}"] = int(n)
+    df = df[~unfinished]
+    for tag in ("method", "ablation", "dataset", "seed"):
+        col = f"tags.{tag}"
+        if col not in df:
+            df = df.assign(**{col: np.nan})
+    untagged = df[["tags.method", "tags.ablation", "tags.dataset", "tags.seed"]].isna().any(axis=1)
+    if untagged.any():
+        skipped["no method/ablation/dataset/seed tags"] = int(untagged.sum())
+    df = df[~untagged].copy()
+    df["method"] = df["tags.method"]
+    df["ablation"] = df["tags.ablation"]
+    df["dataset"] = df["tags.dataset"]
+    df["seed"] = df["tags.seed"]
+    param_cols = [c for c in df.columns if c.startswith("params.")]
+    df["setup"] = [setup_label({c[len("params."):]: row[c] for c in param_cols if isinstance(row[c], str)}, row["dataset"])
+                   for _, row in df.iterrows()]
+    df["paper_dataset"] = [paper_dataset(d) for d in df["dataset"]]
+    df = df.sort_values("end_time")
+    deduped = df.drop_duplicates(subset=["method", "ablation", "dataset", "seed", "setup"], keep="last")
+    if len(deduped) < len(df):
+        skipped["older duplicate of a seed"] = len(df) - len(deduped)
+    keep = [*columns, *[c for c in deduped.columns if c.startswith(("metrics.", "params."))]]
+    return BoardRuns(deduped[keep].reset_index(drop=True), skipped)
+
+
+def protocols(runs: pd.DataFrame) -> list[str]:
+    """Protocols with a final test metric among ``runs`` (``metrics.test/<protocol>/<metric>``)."""
+    found = []
+    for col in runs.columns:
+        parts = col.split("/")
+        if col.startswith("metrics.test/") and len(parts) == 3 and parts[2] in METRICS and parts[1] not in found:
+            found.append(parts[1])
+    return found
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, ablation, dataset, protocol, setup): n_seeds, seeds, mean/std per metric, run ids."""
+    rows = []
+    for protocol in protocols(runs):
+        cols = {m: f"metrics.test/{protocol}/{m}" for m in METRICS}
+        have = runs[runs[cols["R1"]].notna()] if cols["R1"] in runs else runs.iloc[0:0]
+        for key, group in have.groupby(["method", "ablation", "dataset", "setup"], sort=False):
+            row = dict(zip(("method", "ablation", "dataset", "setup"), key))
+            row.update(protocol=protocol, paper_dataset=group["paper_dataset"].iloc[0], n_seeds=len(group),
+                       seeds=",".join(sorted(group["seed"].astype(str), key=_seed_order)),
+                       run_ids=";".join(group["run_id"]))
+            for m, col in cols.items():
+                values = group[col].astype(float).dropna() if col in group else pd.Series(dtype=float)
+                row[f"{m}_mean"] = float(values.mean()) if len(values) else np.nan
+                row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            rows.append(row)
+    columns = [*GROUP, "paper_dataset", "n_seeds", "seeds",
+               *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "run_ids"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _seed_order(seed: str):
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
+
+
+def join_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Add ``published_<metric>``, ``published_source`` and ``diff_<metric>`` (``paper`` setups only)."""
+    primary = _primary_sources(published).rename(columns={"dataset": "paper_dataset", "protocol": "paper_protocol"})
+    out = board.copy()
+    out["paper_protocol"] = [PROTOCOL_ALIASES.get(p, p) for p in out["protocol"]]
+    out = out.merge(primary, on=["method", "ablation", "paper_dataset", "paper_protocol"], how="left")
+    comparable = out["setup"] == "paper"
+    for m in METRICS:
+        out[f"diff_{m}"] = np.where(comparable, out[f"{m}_mean"] - out[f"published_{m}"], np.nan)
+    out["published_source"] = out["published_source"].fillna("")
+    return out
+
+
+def leaderboard(experiment: str, tracking_uri: str | None = None,
+                published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The experiment's leaderboard (see the module docstring for every column's meaning)."""
+    runs = load_runs(experiment, tracking_uri).runs
+    return leaderboard_sorted(join_published(aggregate(runs), load_published() if published is None else published))
+
+
+def leaderboard_sorted(board: pd.DataFrame) -> pd.DataFrame:
+    """Rows by method, benchmark, protocol, ``default`` first; columns in the CSV's order."""
+    ablation_rank = board["ablation"].map(lambda a: (0, "") if a == "default" else (1, a))
+    board = (board.assign(_a=ablation_rank).sort_values(["method", "paper_dataset", "protocol", "_a", "setup"])
+             .drop(columns="_a").reset_index(drop=True))
+    columns = [*GROUP, "n_seeds", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+               "paper_dataset", "paper_protocol", "published_source",
+               *[f"published_{m}" for m in METRICS], *[f"diff_{m}" for m in METRICS], "run_ids"]
+    return board[columns]
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+def _num(v: float, digits: int = 2) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ours(mean: float, std: float) -> str:
+    if mean is None or math.isnan(mean):
+        return "—"
+    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+def _cell(row: pd.Series | None, metric: str, published_text: str | None, published: float) -> str:
+    ours = _ours(row[f"{metric}_mean"], row[f"{metric}_std"]) if row is not None else "—"
+    if published_text is None:
+        return ours
+    paper = published_text if published_text else "n/a"
+    text = f"{ours} · paper {paper}"
+    if row is not None and row["setup"] == "paper" and not math.isnan(published) and not math.isnan(row[f"{metric}_mean"]):
+        text += f" · Δ {row[f'{metric}_mean'] - published:+.2f}"
+    return text
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_escape(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_escape(c) for c in r) + " |" for r in rows]
+    return lines
+
+
+def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
+    """Every paper table that a reproduced row belongs to, in the paper's shape."""
+    lines: list[str] = []
+    board = board.copy()
+    board["paper_protocol"] = [PROTOCOL_ALIASES.get(p, p) for p in board["protocol"]]
+    reproduced = set(zip(board["method"], board["ablation"], board["paper_dataset"], board["paper_protocol"]))
+    for (paper, table), pub in published.groupby(["paper", "table"], sort=False):
+        keys = set(zip(pub["method"], pub["ablation"], pub["dataset"], pub["protocol"]))
+        if not keys & reproduced:
+            continue
+        columns = list(dict.fromkeys(zip(pub["dataset"], pub["protocol"])))
+        metrics = {c: [m for m in METRICS if ((pub["dataset"] == c[0]) & (pub["protocol"] == c[1]) & (pub["metric"] == m)).any()]
+                   for c in columns}
+        header = ["paper row", "method", "ablation", "setup", "seeds"]
+        header += [f"{d}{'' if p == 'standard' else f' ({p})'} {m}" for (d, p) in columns for m in metrics[(d, p)]]
+        body = []
+        for (method, ablation, row_label), prow in pub.groupby(["method", "ablation", "row"], sort=False):
+            ours = board[(board["method"] == method) & (board["ablation"] == ablation)]
+            setups = list(dict.fromkeys(ours["setup"])) or [None]
+            for setup in setups:
+                cells, seeds = [], []
+                for (d, p) in columns:
+                    match = ours[(ours["setup"] == setup) & (ours["paper_dataset"] == d) & (ours["paper_protocol"] == p)]
+                    run = match.iloc[0] if len(match) else None
+                    if run is not None:
+                        seeds.append(str(int(run["n_seeds"])))
+                    for m in metrics[(d, p)]:
+                        hit = prow[(prow["dataset"] == d) & (prow["protocol"] == p) & (prow["metric"] == m)]
+                        text = hit["value_text"].iloc[0] if len(hit) else None
+                        value = float(hit["value"].iloc[0]) if len(hit) else float("nan")
+                        cells.append(_cell(run, m, text, value) if text is not None or run is not None else "")
+                seed_text = seeds[0] if len(set(seeds)) == 1 else "/".join(seeds) if seeds else "0"
+                body.append([row_label, method, ablation, setup or "—", seed_text, *cells])
+        notes = sorted({n for n in pub["note"] if n})
+        lines += ["", f"### {PAPERS.get(paper, paper)} {table}: {TABLE_CAPTIONS.get((paper, table), '')}".rstrip(": "), ""]
+        lines += _table(header, body)
+        lines += [f"\n*Note:* {n}" for n in notes]
+    return lines
+
+
+def to_markdown(board: pd.DataFrame, published: pd.DataFrame, experiment: str = "") -> str:
+    title = f"# Leaderboard{f': {experiment}' if experiment else ''}"
+    lines = [title, "",
+             "Mean ± sample standard deviation over seeds, in percent. `setup` says how a row's runs differ "
+             "from the paper's (`tiny` preset, `synthetic` data, another `backbone=`, `random-init` or "
+             "`synthetic-clip` weights, `epochs*S`); only `paper` rows get a difference (Δ) to the published "
+             "number, the others show it beside theirs without comparing.", "",
+             "## All reproduced rows", ""]
+    header = ["method", "ablation", "dataset", "protocol", "setup", "seeds", *METRICS, "published (source)"]
+    body = []
+    for _, r in board.iterrows():
+        pub = [f"{m} {r[f'published_{m}']:g}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
+        source = f"{', '.join(pub)} ({r['published_source']})" if pub else ""
+        body.append([r["method"], r["ablation"], r["dataset"], r["protocol"], r["setup"], r["seeds"],
+                     *[_ours(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS], source])
+    lines += _table(header, body)
+    tables = paper_tables(board, published)
+    if tables:
+        lines += ["", "## As in the papers' tables",
+                  "", "Cells: ours · paper (as printed) · Δ (ours − paper, `paper` setup only)."] + tables
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, experiment: str = "",
+                      published: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``leaderboard.csv`` and ``leaderboard.md`` into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    df.to_csv(csv_path, index=False, float_format="%.4f")
+    md_path.write_text(to_markdown(df, load_published() if published is None else published, experiment))
+    return {"csv": csv_path, "markdown": md_path}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def run_leaderboard_command(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        loaded = load_runs(args.experiment, uri)
+    except LookupError as exc:
+        print(f"reidbench leaderboard: {exc}", file=sys.stderr)
+        return 2
+    for reason, n in loaded.skipped.items():
+        print(f"skipped {n} run(s): {reason}", file=sys.stderr)
+    if loaded.runs.empty:
+        print(f"reidbench leaderboard: experiment {args.experiment!r} has no finished run with test metrics", file=sys.stderr)
+        return 1
+    published = load_published()
+    board = join_published(aggregate(loaded.runs), published)
+    board = leaderboard_sorted(board)
+    paths = write_leaderboard(board, args.out, args.experiment, published)
+    written = list(paths.values())
+    if not args.no_plots:
+        from .plots import write_plots
+
+        written += write_plots(loaded.runs, Path(args.out) / "plots")
+    if args.log_to_run:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        for path in written:
+            client.log_artifact(args.log_to_run, str(path), "leaderboard" if path.suffix != ".png" else "leaderboard/plots")
+    print(f"{len(board)} rows from {len(loaded.runs)} runs of {args.experiment!r}")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
