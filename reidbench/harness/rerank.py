@@ -224,10 +224,12 @@ def _nearest_stable(d: torch.Tensor, k: int) -> torch.Tensor:
     straddles the k-th place."""
     if k >= d.shape[1]:
         return torch.sort(d, dim=1, stable=True).indices
-    vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+    vals, idx = torch.topk(d, k + 1, dim=1, largest=False, sorted=True)
+    # A tie straddles the k-th place exactly when the (k+1)-th smallest equals the k-th.
+    straddle = (vals[:, k] == vals[:, k - 1]).nonzero().squeeze(1)
+    vals, idx = vals[:, :k], idx[:, :k]
     idx, p = idx.sort(1)  # topk's order among equal values is unspecified: restore index order ...
     idx = idx.gather(1, torch.sort(vals.gather(1, p), dim=1, stable=True).indices)  # ... then stable by value
-    straddle = ((d <= vals[:, -1:]).sum(1) > k).nonzero().squeeze(1)
     if len(straddle):
         idx[straddle] = torch.sort(d[straddle], dim=1, stable=True).indices[:, :k]
     return idx

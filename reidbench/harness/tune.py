@@ -171,7 +171,8 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
     p.add_argument("--datasets", default=None, help="comma-separated registered datasets")
     p.add_argument("--root", default=None, help="folder holding the datasets (real benchmarks)")
     p.add_argument("--experiment", default=default_experiment)
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                   help="MLflow URI for every trial (default: $MLFLOW_TRACKING_URI, else sqlite under --output-dir)")
     p.add_argument("--output-dir", default="runs/sweeps")
     p.add_argument("--resume", action="store_true", help="continue a killed sweep without re-running finished trials")
     p.add_argument("--preset", choices=["tiny", "paper"], default=None)

@@ -1,0 +1,82 @@
+"""Ray Tune sweeps: a sweep killed mid-way and resumed ends with one FINISHED MLflow run per trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from reidbench.harness.tune import Trial, expand, param_grid
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_expansion_names_and_overrides():
+    trials = param_grid("profd", {"m_g": (0.1, 0.2)}) + [Trial("baseline")]
+    points = expand(trials, ["synthetic_occluded"], [0, 1])
+    assert [p["name"] for p in points] == [
+        "profd/m_g=0.1/synthetic_occluded/0", "profd/m_g=0.1/synthetic_occluded/1",
+        "profd/m_g=0.2/synthetic_occluded/0", "profd/m_g=0.2/synthetic_occluded/1",
+        "baseline/default/synthetic_occluded/0", "baseline/default/synthetic_occluded/1"]
+    assert "params.m_g=0.1" in points[0]["overrides"] and "tracking.ablation=m_g=0.1" in points[0]["overrides"]
+
+
+@pytest.fixture(scope="module")
+def market_root(tmp_path_factory):
+    from reidbench.datasets.synthetic import synthesize
+
+    return str(synthesize(tmp_path_factory.mktemp("synth"), flavor="market", ids=16, seed=0, workers=1)["market"])
+
+
+def sweep_command(out: Path, market_root: str, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / "benchmark.py"), "--smoke", "--datasets", "market1501",
+            "--root", market_root, "--output-dir", str(out), "--experiment", "killed", *extra,
+            "data.p=4", "data.k=2", "data.val_fraction=0.25", "optim.epochs_scale=0.3"]
+
+
+def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # a local Ray session of the sweep's own
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(sweep_command(tmp_path, market_root), stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+    db = tmp_path / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    deadline = time.time() + 600
+    # Kill the driver (and its whole Ray session) once the first trial has logged an epoch.
+    while time.time() < deadline and first.poll() is None:
+        time.sleep(2)
+        if db.exists():
+            exp = client.get_experiment_by_name("killed")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if any("train/loss" in r.data.metrics for r in runs):
+                break
+    assert first.poll() is None, f"the sweep ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+    exp = client.get_experiment_by_name("killed")
+    assert any(r.info.status == "RUNNING" for r in client.search_runs([exp.experiment_id])), "killed mid-way"
+
+    resumed = subprocess.run(sweep_command(tmp_path, market_root, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=1200)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    runs = client.search_runs([exp.experiment_id])
+    from reidbench.methods import get_method, list_methods
+
+    expected = {f"{m}/default/market1501/0" for m in list_methods() if "image" in get_method(m).tasks}
+    assert sorted(r.info.run_name for r in runs) == sorted(expected), "exactly one run per trial"
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("test/standard/mAP" in r.data.metrics for r in runs)
+    board = tmp_path / "leaderboard" / "killed"
+    assert any(board.glob("*.csv")), "the sweep writes its leaderboard"
