@@ -42,6 +42,13 @@ PAPER = {  # SCING, Table 4: parameters (M), FLOPs (G)
     "profd": (138.47, 38.11),
     "scing": (126.95, 24.14),
 }
+VARIANTS = (  # (row label, method, params over its paper preset)
+    ("clip_reid", "clip_reid", {}),
+    ("profd", "profd", {}),
+    ("scing", "scing", {}),
+    # SCING with CLIP-ReID's BNNeck classifiers kept (params.stage2_reid_losses=true): the model Table 4 counts
+    ("scing+necks", "scing", {"stage2_reid_losses": True}),
+)
 COMPONENTS = (  # (label, predicate on the parameter name)
     ("vision", lambda n: n.startswith(("backbone.vision.", "backbone.visual_projection."))),
     ("tok-emb", lambda n: "token_embedding" in n and n.startswith("backbone.text")),
@@ -55,6 +62,7 @@ COMPONENTS = (  # (label, predicate on the parameter name)
 
 @dataclass
 class Row:
+    label: str
     method: str
     total: int
     components: dict[str, int]
@@ -63,13 +71,13 @@ class Row:
     flops_fixed: int
 
 
-def build(method_name: str, num_classes: int, image_size: tuple[int, int]):
+def build(method_name: str, num_classes: int, image_size: tuple[int, int], params: dict | None = None):
     from reidbench.backbones import build_clip
-    from reidbench.config import from_dict
+    from reidbench.config import from_dict, merge
     from reidbench.methods import get_method
 
     cls = get_method(method_name)
-    config = from_dict(cls.config_cls, cls.PRESETS.get("paper", {}))
+    config = from_dict(cls.config_cls, merge(cls.PRESETS.get("paper", {}), params or {}))
     backbone = build_clip("vit-b16", pretrained=None, image_size=image_size)
     return cls(config, backbone, num_classes=num_classes).eval()
 
@@ -110,11 +118,12 @@ def image_batch(n: int, image_size: tuple[int, int]) -> dict:
             "pid": torch.zeros(n, dtype=torch.long), "index": torch.arange(n)}
 
 
-def measure(method_name: str, num_classes: int, image_size: tuple[int, int]) -> Row:
+def measure(label: str, method_name: str, num_classes: int, image_size: tuple[int, int],
+            params: dict | None = None) -> Row:
     torch.manual_seed(0)
-    method = build(method_name, num_classes, image_size)
+    method = build(method_name, num_classes, image_size, params)
     f1, f2 = count_flops(method, 1, image_size), count_flops(method, 2, image_size)
-    row = Row(method_name, sum(p.numel() for p in method.parameters()), component_counts(method),
+    row = Row(label, method_name, sum(p.numel() for p in method.parameters()), component_counts(method),
               inference_parameters(method, image_batch(1, image_size)), f2 - f1, 2 * f1 - f2)
     if method_name == "scing":  # the exported evaluation model must hold exactly what embed_image uses
         exported = sum(p.numel() for p in method.inference_model().parameters())
@@ -139,32 +148,32 @@ def main(argv: list[str] | None = None) -> int:
 
     available = set(list_methods())
     rows = []
-    for name in ("clip_reid", "profd", "scing"):
+    for label, name, params in VARIANTS:
         if name not in available:
             print(f"[efficiency] {name}: not registered in reidbench.methods (missing), skipped")
             continue
-        rows.append(measure(name, args.classes, image_size))
+        rows.append(measure(label, name, args.classes, image_size, params))
 
     M, G = 1e6, 1e9
     print(f"\nvit-b16 at {image_size[0]}x{image_size[1]}, {args.classes} identities, random weights; "
           f"FLOPs = FlopCounterMode (2 per multiply-add), MACs = FLOPs / 2\n")
-    header = (f"{'method':<10} {'total M':>8} {'no tok-emb M':>12} {'inference M':>11} {'GFLOPs/img':>10} "
+    header = (f"{'method':<12} {'total M':>8} {'no tok-emb M':>12} {'inference M':>11} {'GFLOPs/img':>10} "
               f"{'GMACs/img':>9} {'fixed GFLOPs':>12} | {'paper M':>7} {'paper G':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
         no_tok = r.total - r.components["tok-emb"]
         pm, pg = PAPER[r.method]
-        print(f"{r.method:<10} {r.total / M:>8.2f} {no_tok / M:>12.2f} {r.inference / M:>11.2f} "
+        print(f"{r.label:<12} {r.total / M:>8.2f} {no_tok / M:>12.2f} {r.inference / M:>11.2f} "
               f"{r.flops_per_image / G:>10.2f} {r.flops_per_image / 2 / G:>9.2f} {r.flops_fixed / G:>12.2f} | "
               f"{pm:>7.2f} {pg:>7.2f}")
     print("\nparameters by component (M):")
     labels = [label for label, _ in COMPONENTS]
-    print(f"{'method':<10} " + " ".join(f"{label:>8}" for label in labels))
+    print(f"{'method':<12} " + " ".join(f"{label:>8}" for label in labels))
     for r in rows:
-        print(f"{r.method:<10} " + " ".join(f"{r.components[label] / M:>8.3f}" for label in labels))
+        print(f"{r.label:<12} " + " ".join(f"{r.components[label] / M:>8.3f}" for label in labels))
 
-    by = {r.method: r for r in rows}
+    by = {r.label: r for r in rows}
     print("\nHow each count is made: 'total' is every parameter of the method module (both CLIP towers with the "
           "token embedding, prompt learner, fusion module, decoders, BNNeck classifiers); 'no tok-emb' drops the "
           "text token embedding; 'inference' counts the parameters embed_image depends on. clip_reid and scing "
@@ -173,20 +182,45 @@ def main(argv: list[str] | None = None) -> int:
           "hybrid-attention decoder and the visibility head per image and the text tower on its five part prompts "
           "per call (the 'fixed' column), so its prompts, text tower and token embedding count as inference "
           "parameters.")
+    paper_delta = PAPER["scing"][0] - PAPER["clip_reid"][0]
+    if "clip_reid" in by:
+        c = by["clip_reid"]
+        c_like = (c.total - c.components["tok-emb"]) / M
+        print(f"\nParameters: clip_reid without the token embedding is {c_like:.2f} M against Table 4's "
+              f"{PAPER['clip_reid'][0]:.2f} M, so the paper counts both towers (token embedding excluded), the "
+              "prompt learner and the classifiers: a training-model count, not what inference holds.")
+        for label in ("scing", "scing+necks"):
+            if label in by:
+                s_ = by[label]
+                print(f"  {label}: {(s_.total - c.total) / M:+.3f} M vs clip_reid (paper {paper_delta:+.2f} M): "
+                      f"SVIP {s_.components['fusion'] / M:.3f} M, BNNeck classifiers {s_.components['heads'] / M:.3f} "
+                      f"M vs clip_reid's {c.components['heads'] / M:.3f} M.")
+        if "scing+necks" in by:
+            print("  The paper's +0.40 M is SVIP alone on a model that keeps CLIP-ReID's BNNeck classifiers "
+                  "(scing+necks); SCING's Eq. 20 uses none, so our default scing carries none and is smaller.")
     if "clip_reid" in by and "scing" in by:
-        c, s = by["clip_reid"], by["scing"]
-        print(f"\nscing - clip_reid: {(s.total - c.total) / M:+.3f} M parameters in total (paper: "
-              f"{PAPER['scing'][0] - PAPER['clip_reid'][0]:+.2f} M; ours = SVIP {s.components['fusion'] / M:.3f} M "
-              f"minus clip_reid's BNNeck classifiers {c.components['heads'] / M:.3f} M, which SCING's Eq. 20 does not "
-              f"use), inference: {s.inference / M:.2f} vs {c.inference / M:.2f} M parameters, "
-              f"{s.flops_per_image / G:.2f} vs {c.flops_per_image / G:.2f} GFLOPs per image.")
+        c, s_ = by["clip_reid"], by["scing"]
+        print(f"\nFLOPs: scing and clip_reid both embed with the image encoder alone: {s_.inference / M:.2f} vs "
+              f"{c.inference / M:.2f} M inference parameters, {s_.flops_per_image / G:.2f} vs "
+              f"{c.flops_per_image / G:.2f} GFLOPs per image (the paper: equal, {PAPER['scing'][1]:.2f} G). Our "
+              f"counter gives {c.flops_per_image / G:.2f} GFLOPs = {c.flops_per_image / 2 / G:.2f} GMACs for the "
+              f"ViT-B/16 vision tower at this input; Table 4's {PAPER['clip_reid'][1]:.2f} G is "
+              f"{PAPER['clip_reid'][1] / (c.flops_per_image / G):.2f}x the former and "
+              f"{PAPER['clip_reid'][1] / (c.flops_per_image / 2 / G):.2f}x the latter, so it matches neither "
+              "convention exactly (FlopCounterMode skips norms, activations and softmax, which are well under 1 % "
+              "here); the paper does not say how it counted.")
     if "clip_reid" in by and "profd" in by:
         c, p = by["clip_reid"], by["profd"]
         ratio1 = (p.flops_per_image + p.flops_fixed) / (c.flops_per_image + c.flops_fixed)
         ratio = p.flops_per_image / c.flops_per_image
         paper = PAPER["profd"][1] / PAPER["clip_reid"][1]
-        print(f"ProFD / CLIP-ReID FLOPs: {ratio1:.2f} at batch 1 (text prompts included), {ratio:.2f} per image "
-              f"when the prompt pass is amortised over a batch; paper {paper:.2f}. Parameters: "
+        print(f"ProFD / CLIP-ReID FLOPs: {ratio1:.2f} for one image (the part-prompt text pass included), "
+              f"{ratio:.2f} per image once that pass is amortised over a batch; paper {paper:.2f}. ProFD's extra "
+              f"cost is mostly the text tower on its five prompts ({p.flops_fixed / G:.2f} GFLOPs here, prompts "
+              "of n_ctx + part-name tokens ending at EOS); it grows with the prompt length (padding every prompt to "
+              "CLIP's 77 tokens, as OpenAI's code does, would cost several times more) and vanishes per image when "
+              "the prompt features are cached, so the ratio depends on how the prompt pass is counted, which the "
+              "paper does not say. Parameters (token embedding excluded): "
               f"{(p.total - p.components['tok-emb']) / (c.total - c.components['tok-emb']):.2f} "
               f"(paper {PAPER['profd'][0] / PAPER['clip_reid'][0]:.2f}).")
     return 0

@@ -91,6 +91,8 @@ def store(tmp_path_factory):
     # LTCC logs its standard protocol as "general"
     ltcc = {**_metrics("general", 76.0, 42.0), **_metrics("cc", 43.5, 21.0)}
     _log(client, exp_id, "ccaf", "default", "ltcc", 0, PAPER_PARAMS, ltcc)
+    # a sweep that calls the full model "full"
+    _log(client, exp_id, "scing", "full", "occluded_duke", 0, PAPER_PARAMS, _metrics("standard", 71.5, 63.0))
     # random-initialised backbone: labelled, not compared
     _log(client, exp_id, "baseline", "default", "market1501", 0, {**PAPER_PARAMS, "backbone.pretrained": "None"},
          _metrics("standard", 60.0, 40.0))
@@ -161,6 +163,9 @@ def test_published_join_and_difference_for_paper_setup(store):
     general = _row(board, method="ccaf", dataset="ltcc", protocol="general")
     assert general["paper_protocol"] == "standard" and general["published_R1"] == 75.3
     assert general["diff_R1"] == pytest.approx(76.0 - 75.3)
+    full = _row(board, method="scing", ablation="full")
+    assert full["paper_ablation"] == "default" and full["published_source"] == "SCING Table 2"
+    assert full["diff_R1"] == pytest.approx(71.5 - 71.1)
     cc = _row(board, method="ccaf", dataset="ltcc", protocol="cc")
     assert cc["published_R1"] == 42.9 and cc["diff_mAP"] == pytest.approx(21.0 - 20.1)
 

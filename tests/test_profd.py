@@ -415,7 +415,7 @@ def test_attention_switch_builds_exactly_the_named_branches(attention, sea, spa)
 def test_use_align_false_removes_the_alignment_term_and_its_background_class():
     on = fake_profd()
     off = fake_profd(use_align=False)
-    assert on.background is not None and off.background is None
+    assert on.alignment.background is not None and off.alignment.background is None
     batch = make_batch()
     assert "align" in on.training_step(batch, ready(on, batch))
     terms = off.training_step(batch, ready(off, batch))
@@ -424,7 +424,7 @@ def test_use_align_false_removes_the_alignment_term_and_its_background_class():
     # with alignment on, L_align alone trains the prompts and the background class
     align_only = grads_after(fake_profd(), batch, only="align")
     assert has_grad(align_only, "prompt_learner.ctx") and has_grad(align_only, "background")
-    assert fake_profd(background="ignore").background is None
+    assert fake_profd(background="ignore").alignment.background is None
 
 
 def test_use_div_false_removes_the_diversity_term():

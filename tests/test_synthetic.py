@@ -232,7 +232,7 @@ def test_planned_market_has_outfit_changes_and_uniform_sharing():
 def test_difficulty_scales_camera_nuisances():
     easy = [R.sample_camera(np.random.default_rng(i), 0.0) for i in range(50)]
     hard = [R.sample_camera(np.random.default_rng(i), 1.0) for i in range(50)]
-    assert all(c.cast == (1.0, 1.0, 1.0) and c.blur == 0.0 and c.noise == 0.0 for c in easy)
+    assert all(c.cast == (1.0, 1.0, 1.0) and c.blur == 0.0 and c.noise == 0.0 and c.lowres == 1.0 for c in easy)
     assert np.mean([np.ptp(c.cast) for c in hard]) > 0.1 and np.mean([c.blur for c in hard]) > 0.4
 
 

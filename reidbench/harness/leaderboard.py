@@ -1,9 +1,10 @@
 """The leaderboard: one MLflow experiment's runs as the papers' tables, published numbers beside them.
 
-``leaderboard(experiment, tracking_uri)`` reads the experiment with ``mlflow.search_runs``
-and returns one row per (method, ablation, dataset, protocol, setup) with the number of
-seeds, mean and standard deviation of R1, R5, R10, mAP and mINP, the run ids, and the
-published numbers of the same configuration with the difference. ``write_leaderboard``
+``leaderboard(experiment, tracking_uri)`` reads the experiment (``search_runs``: the frame
+``mlflow.search_runs`` returns, without its global state) and returns one row per
+(method, ablation, dataset, protocol, setup) with the number of seeds, mean and standard
+deviation of R1, R5, R10, mAP and mINP, the run ids, and the published numbers of the
+same configuration with the difference. ``write_leaderboard``
 writes it as ``leaderboard.csv`` and ``leaderboard.md`` (the Markdown also renders every
 paper table that a run belongs to in the paper's shape: rows = the table's ablations,
 columns = its datasets x metrics).
@@ -28,7 +29,8 @@ Decisions (what a reader of the numbers needs to know):
   with ``synthetic`` in its setup so no difference is computed.
 * Protocol names are the evaluation names of the dataset adapters, as logged in
   ``test/<protocol>/<metric>``; ``general`` (LTCC, VC-Clothes) is the paper tables'
-  ``standard`` setting and is matched as such.
+  ``standard`` setting and is matched as such. The ablation ``full`` is matched as
+  ``default`` (both mean the full model).
 * Several papers quote the same configuration (e.g. CLIP-ReID on Occluded-Duke in ProFD,
   CLIP-SCGI and SCING; a method's full model in its main and its ablation tables). The
   CSV's ``published_*`` columns take one source: the method's own paper first, then the
@@ -94,7 +96,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -127,6 +129,7 @@ TABLE_CAPTIONS = {
     ("bdam", "Table 4"): "loss components",
 }
 PROTOCOL_ALIASES = {"general": "standard"}
+ABLATION_ALIASES = {"full": "default"}
 PAPER_BACKBONE = "vit-b16"
 PAPER_PRESET = "paper"
 # Params that never make runs different experiments (for sensitivity-plot detection).
@@ -192,17 +195,25 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs/mlflow.db').resolve()}"
 
 
-@contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    """``mlflow.search_runs`` reads the global tracking URI: set it for the call, then restore it."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+def search_runs(client, experiment_id: str) -> pd.DataFrame:
+    """The experiment's runs as ``mlflow.search_runs`` shapes them (``run_id``, ``status``,
+    ``end_time``, ``tags.*``, ``params.*``, ``metrics.*``), read through ``MlflowClient``:
+    ``mlflow.search_runs`` reads the process-global tracking URI, and setting it also sets
+    ``MLFLOW_TRACKING_URI`` in the environment, which a sweep driver must not have changed
+    under it."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time,
+                   "end_time": run.info.end_time}
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
 
 
 def is_synthetic(dataset: str, root: str | None = None) -> bool:
@@ -265,7 +276,6 @@ class BoardRuns:
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
     """FINISHED runs of ``experiment`` that carry the run tags (tracking.py conventions)."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
@@ -275,8 +285,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
         names = sorted(e.name for e in client.search_experiments())
         raise LookupError(f"no MLflow experiment named {experiment!r} in {uri}; "
                           f"experiments there: {', '.join(names) or '(none)'}")
-    with _tracking(uri):
-        df = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas")
+    df = search_runs(client, exp.experiment_id)
     skipped: dict[str, int] = {}
     columns = ["run_id", *KEY[:3], "seed", "setup", "paper_dataset", "end_time"]
     if df.empty:
@@ -299,8 +308,8 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
     df["dataset"] = df["tags.dataset"]
     df["seed"] = df["tags.seed"]
     param_cols = [c for c in df.columns if c.startswith("params.")]
-    df["setup"] = [setup_label({c[len("params."):]: row[c] for c in param_cols if isinstance(row[c], str)}, row["dataset"])
-                   for _, row in df.iterrows()]
+    df["setup"] = [setup_label({c[len("params."):]: row[c] for c in param_cols if isinstance(row[c], str)},
+                               row["dataset"]) for _, row in df.iterrows()]
     df["paper_dataset"] = [paper_dataset(d) for d in df["dataset"]]
     df = df.sort_values("end_time")
     deduped = df.drop_duplicates(subset=["method", "ablation", "dataset", "seed", "setup"], keep="last")
@@ -347,12 +356,20 @@ def _seed_order(seed: str):
     return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
 
+def _with_paper_keys(board: pd.DataFrame) -> pd.DataFrame:
+    """``paper_ablation`` / ``paper_protocol``: the names the published tables use."""
+    out = board.copy()
+    out["paper_ablation"] = [ABLATION_ALIASES.get(a, a) for a in out["ablation"]]
+    out["paper_protocol"] = [PROTOCOL_ALIASES.get(p, p) for p in out["protocol"]]
+    return out
+
+
 def join_published(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """Add ``published_<metric>``, ``published_source`` and ``diff_<metric>`` (``paper`` setups only)."""
-    primary = _primary_sources(published).rename(columns={"dataset": "paper_dataset", "protocol": "paper_protocol"})
-    out = board.copy()
-    out["paper_protocol"] = [PROTOCOL_ALIASES.get(p, p) for p in out["protocol"]]
-    out = out.merge(primary, on=["method", "ablation", "paper_dataset", "paper_protocol"], how="left")
+    primary = _primary_sources(published).rename(columns={"ablation": "paper_ablation", "dataset": "paper_dataset",
+                                                          "protocol": "paper_protocol"})
+    out = _with_paper_keys(board)
+    out = out.merge(primary, on=["method", "paper_ablation", "paper_dataset", "paper_protocol"], how="left")
     comparable = out["setup"] == "paper"
     for m in METRICS:
         out[f"diff_{m}"] = np.where(comparable, out[f"{m}_mean"] - out[f"published_{m}"], np.nan)
@@ -373,16 +390,12 @@ def leaderboard_sorted(board: pd.DataFrame) -> pd.DataFrame:
     board = (board.assign(_a=ablation_rank).sort_values(["method", "paper_dataset", "protocol", "_a", "setup"])
              .drop(columns="_a").reset_index(drop=True))
     columns = [*GROUP, "n_seeds", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-               "paper_dataset", "paper_protocol", "published_source",
+               "paper_ablation", "paper_dataset", "paper_protocol", "published_source",
                *[f"published_{m}" for m in METRICS], *[f"diff_{m}" for m in METRICS], "run_ids"]
     return board[columns]
 
 
 # ----------------------------------------------------------------------------- Markdown
-
-def _num(v: float, digits: int = 2) -> str:
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
 
 def _ours(mean: float, std: float) -> str:
     if mean is None or math.isnan(mean):
@@ -396,8 +409,9 @@ def _cell(row: pd.Series | None, metric: str, published_text: str | None, publis
         return ours
     paper = published_text if published_text else "n/a"
     text = f"{ours} · paper {paper}"
-    if row is not None and row["setup"] == "paper" and not math.isnan(published) and not math.isnan(row[f"{metric}_mean"]):
-        text += f" · Δ {row[f'{metric}_mean'] - published:+.2f}"
+    ours_mean = row[f"{metric}_mean"] if row is not None else float("nan")
+    if row is not None and row["setup"] == "paper" and not math.isnan(published) and not math.isnan(ours_mean):
+        text += f" · Δ {ours_mean - published:+.2f}"
     return text
 
 
@@ -414,26 +428,28 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
     """Every paper table that a reproduced row belongs to, in the paper's shape."""
     lines: list[str] = []
-    board = board.copy()
-    board["paper_protocol"] = [PROTOCOL_ALIASES.get(p, p) for p in board["protocol"]]
-    reproduced = set(zip(board["method"], board["ablation"], board["paper_dataset"], board["paper_protocol"]))
+    board = _with_paper_keys(board)
+    reproduced = set(zip(board["method"], board["paper_ablation"], board["paper_dataset"], board["paper_protocol"]))
     for (paper, table), pub in published.groupby(["paper", "table"], sort=False):
         keys = set(zip(pub["method"], pub["ablation"], pub["dataset"], pub["protocol"]))
         if not keys & reproduced:
             continue
         columns = list(dict.fromkeys(zip(pub["dataset"], pub["protocol"])))
-        metrics = {c: [m for m in METRICS if ((pub["dataset"] == c[0]) & (pub["protocol"] == c[1]) & (pub["metric"] == m)).any()]
-                   for c in columns}
+        present = set(zip(pub["dataset"], pub["protocol"], pub["metric"]))
+        metrics = {(d, p): [m for m in METRICS if (d, p, m) in present] for (d, p) in columns}
         header = ["paper row", "method", "ablation", "setup", "seeds"]
         header += [f"{d}{'' if p == 'standard' else f' ({p})'} {m}" for (d, p) in columns for m in metrics[(d, p)]]
         body = []
         for (method, ablation, row_label), prow in pub.groupby(["method", "ablation", "row"], sort=False):
-            ours = board[(board["method"] == method) & (board["ablation"] == ablation)]
+            ours = board[(board["method"] == method) & (board["paper_ablation"] == ablation)
+                         & pd.Series(list(zip(board["paper_dataset"], board["paper_protocol"])), index=board.index)
+                         .isin(columns)]
             setups = list(dict.fromkeys(ours["setup"])) or [None]
             for setup in setups:
                 cells, seeds = [], []
                 for (d, p) in columns:
-                    match = ours[(ours["setup"] == setup) & (ours["paper_dataset"] == d) & (ours["paper_protocol"] == p)]
+                    same = (ours["setup"] == setup) & (ours["paper_dataset"] == d) & (ours["paper_protocol"] == p)
+                    match = ours[same]
                     run = match.iloc[0] if len(match) else None
                     if run is not None:
                         seeds.append(str(int(run["n_seeds"])))
@@ -444,10 +460,14 @@ def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
                         cells.append(_cell(run, m, text, value) if text is not None or run is not None else "")
                 seed_text = seeds[0] if len(set(seeds)) == 1 else "/".join(seeds) if seeds else "0"
                 body.append([row_label, method, ablation, setup or "—", seed_text, *cells])
-        notes = sorted({n for n in pub["note"] if n})
-        lines += ["", f"### {PAPERS.get(paper, paper)} {table}: {TABLE_CAPTIONS.get((paper, table), '')}".rstrip(": "), ""]
+        notes = {}
+        for label, note in zip(pub["row"], pub["note"]):
+            if note:
+                notes.setdefault(note, []).append(label)
+        title = f"### {PAPERS.get(paper, paper)} {table}: {TABLE_CAPTIONS.get((paper, table), '')}".rstrip(": ")
+        lines += ["", title, ""]
         lines += _table(header, body)
-        lines += [f"\n*Note:* {n}" for n in notes]
+        lines += [f"\n*{'; '.join(dict.fromkeys(labels))}:* {note}" for note, labels in notes.items()]
     return lines
 
 
@@ -497,7 +517,8 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     for reason, n in loaded.skipped.items():
         print(f"skipped {n} run(s): {reason}", file=sys.stderr)
     if loaded.runs.empty:
-        print(f"reidbench leaderboard: experiment {args.experiment!r} has no finished run with test metrics", file=sys.stderr)
+        print(f"reidbench leaderboard: experiment {args.experiment!r} has no finished run with test metrics",
+              file=sys.stderr)
         return 1
     published = load_published()
     board = join_published(aggregate(loaded.runs), published)
@@ -513,7 +534,8 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
 
         client = MlflowClient(tracking_uri=uri)
         for path in written:
-            client.log_artifact(args.log_to_run, str(path), "leaderboard" if path.suffix != ".png" else "leaderboard/plots")
+            folder = "leaderboard/plots" if path.suffix == ".png" else "leaderboard"
+            client.log_artifact(args.log_to_run, str(path), folder)
     print(f"{len(board)} rows from {len(loaded.runs)} runs of {args.experiment!r}")
     for path in written:
         print(f"  {path}")

@@ -389,6 +389,24 @@ class HybridAttentionDecoder(nn.Module):
         return x, spa_logits
 
 
+class PartScores(nn.Module):
+    """``S`` (Eq. 5): scaled cosine of every patch feature with every class
+    embedding ``[B,P,C]``: a learned background embedding first (class 0, when
+    ``learned_background``), then the N part prompts."""
+
+    def __init__(self, dim: int, learned_background: bool, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        if learned_background:
+            self.background = nn.Parameter(torch.randn(dim) * dim ** -0.5)
+        else:
+            self.register_parameter("background", None)
+
+    def forward(self, patches: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        classes = prompts if self.background is None else torch.cat([self.background[None].to(prompts), prompts])
+        return self.scale * (F.normalize(patches, dim=-1) @ F.normalize(classes, dim=-1).T)
+
+
 class PartVisibility(nn.Module):
     """N independent binary classifiers (one linear unit per part) -> logits ``[B,N]``."""
 
@@ -511,10 +529,7 @@ class ProFD(Method):
         self.prompt_learner = PromptLearner(backbone.token_embedding, backbone.tokenizer, NUM_PARTS, n_ctx=cfg.n_ctx,
                                             template="{ctx} {name}.", class_names=cfg.part_names,
                                             class_specific=cfg.part_specific_ctx, init_std=cfg.ctx_init_std)
-        if cfg.use_align and cfg.background == "learned":
-            self.background = nn.Parameter(torch.randn(dim) * dim ** -0.5)
-        else:
-            self.register_parameter("background", None)
+        self.alignment = PartScores(dim, cfg.use_align and cfg.background == "learned", cfg.align_logit_scale)
         if cfg.attention == "none":
             self.decoder = None
         else:
@@ -534,10 +549,8 @@ class ProFD(Method):
     # -- stages ------------------------------------------------------------
     def new_module_prefixes(self) -> tuple[str, ...]:
         """Parameter-name prefixes of everything ProFD adds to CLIP."""
-        prefixes = [f"{name}." for name, module in self.named_children()
-                    if name != "backbone" and any(True for _ in module.parameters())]
-        prefixes += [name for name, _ in self.named_parameters(recurse=False)]
-        return tuple(prefixes)
+        return tuple(f"{name}." for name, module in self.named_children()
+                     if name != "backbone" and any(True for _ in module.parameters()))
 
     def stages(self) -> list[Stage]:
         cfg = self.config
@@ -591,13 +604,6 @@ class ProFD(Method):
         embeds, eos = self.prompt_learner()
         return self.backbone.encode_text_embeddings(embeds, eos)
 
-    def part_scores(self, patches: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """``S`` (Eq. 5) ``[B,P,C]``: scaled cosine of each patch with each class
-        embedding (background first when it is a learned class, then the parts)."""
-        classes = prompts if self.background is None else torch.cat([self.background[None].to(prompts), prompts])
-        unit = F.normalize(patches, dim=-1) @ F.normalize(classes, dim=-1).T
-        return self.config.align_logit_scale * unit
-
     def forward_features(self, batch: dict) -> ProFDOutput:
         cfg = self.config
         feats = encode_images(self.backbone, batch, cfg.sie)
@@ -606,7 +612,7 @@ class ProFD(Method):
             raise ValueError(f"ProFD: {patches.shape[1]} patch tokens for a {self.grid[0]}x{self.grid[1]} patch grid")
         prompts = self.prompt_embeddings().to(patches.dtype)
         need_scores = cfg.use_align or self.decoder is None
-        scores = self.part_scores(patches, prompts) if need_scores else None
+        scores = self.alignment(patches, prompts) if need_scores else None
         if self.decoder is not None:
             parts, spa_logits = self.decoder(prompts, patches)
         else:
@@ -688,6 +694,8 @@ __all__ = [
     "HybridAttentionDecoder",
     "MemoryBank",
     "NUM_PARTS",
+    "PartScores",
+    "PartVisibility",
     "PART_NAMES",
     "ProFD",
     "ProFDConfig",
