@@ -14,13 +14,13 @@ MOMENTA = (0.1, 0.2, 0.5, 0.9, 0.99)
 def trials(args) -> list[Trial]:
     rows = ablation_grid("profd", {
         # Table 3: decoder attention
-        "attention=none": {"attention": "none"},
-        "attention=sea": {"attention": "sea"},
-        "attention=spa": {"attention": "spa"},
+        "no_attention": {"attention": "none"},
+        "sea_only": {"attention": "sea"},
+        "spa_only": {"attention": "spa"},
         # Table 4: memory banks
-        "memory_bank=none": {"memory_bank": "none"},
-        "memory_bank=global": {"memory_bank": "global"},
-        "memory_bank=part": {"memory_bank": "part"},
+        "no_memory": {"memory_bank": "none"},
+        "global_memory_only": {"memory_bank": "global"},
+        "part_memory_only": {"memory_bank": "part"},
         # Table 5: losses
         "no_align": {"use_align": False},
         "no_div": {"use_div": False},
