@@ -52,6 +52,9 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
     assert any(k.startswith("params.") for k in run.data.params), "the method's resolved params are logged"
     assert "train/loss" in run.data.metrics and "val/mAP" in run.data.metrics and "lr" in run.data.metrics
     assert run.data.metrics["test/standard/mAP"] == pytest.approx(first["test/standard/mAP"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "cmc.png"} <= artifacts
+    assert (tmp_path / "mlartifacts").is_dir(), "artifacts live beside the SQLite store"
     epochs = len(client.get_metric_history(run.info.run_id, "train/loss"))
     assert epochs >= 2
 

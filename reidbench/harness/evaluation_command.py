@@ -12,7 +12,7 @@ from ..datasets import build_dataset
 from . import checkpoint as ckpt
 from .commands import print_metrics
 from .run_config import RunConfig
-from .trainer import evaluate_test, prepare
+from .trainer import evaluate_test, prepare, summarize_results
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -45,6 +45,6 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset or cfg.data.dataset,
                                         root=args.root if args.root else cfg.data.root))
         prep = replace(prep, dataset=build_dataset(cfg.data.dataset, cfg.data.root))
-    metrics = evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device)
+    metrics = summarize_results(evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device))
     print_metrics(f"{cfg.run_name} [{weights}] on {cfg.data.dataset}", metrics)
     return 0

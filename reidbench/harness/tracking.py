@@ -57,9 +57,17 @@ def experiment_id(client, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri))
     except Exception:  # created concurrently by another trial
         return client.get_experiment_by_name(name).experiment_id
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database file (MLflow's default would be
+    ``./mlruns`` in whatever folder the process happens to run in); servers keep their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def find_runs(client, exp_id: str, tags: dict[str, str]) -> list:

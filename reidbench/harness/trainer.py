@@ -328,11 +328,16 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     if env.is_main:
         if best_path.exists() and state["best"]["epoch"] >= 0:
             ckpt.load_weights(method, best_path)
-        final_metrics = {**final_metrics, **evaluate_test(method, prep, cfg, env.device)}
+        results = evaluate_test(method, prep, cfg, env.device)
+        final_metrics = {**final_metrics, **summarize_results(results)}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
             env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
                                     step=stage_step_offset(stages, cfg, len(stages)))
+            from .plots import cmc_figure
+
+            env.tracker.log_figure(cmc_figure({name: r.cmc for name, r in results.items()}, title=cfg.run_name),
+                                   "cmc.png")
     return final_metrics
 
 
@@ -341,13 +346,16 @@ def stage_step_offset(stages: list[Stage], cfg: RunConfig, stage_index: int) -> 
     return sum(stage_epochs(s, cfg) for s in stages[:stage_index])
 
 
-def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-    out = {}
-    for ev in prep.dataset.evaluations:
-        result = evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
-                                    ev.protocol, cfg, prep.image_size, device)
-        out.update({f"test/{ev.name}/{k}": v for k, v in result.summary().items()})
-    return out
+def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Every evaluation the dataset defines -> its RankResult (evaluated once, at the end)."""
+    return {ev.name: evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
+                                        ev.protocol, cfg, prep.image_size, device)
+            for ev in prep.dataset.evaluations}
+
+
+def summarize_results(results: dict[str, Any]) -> dict[str, float]:
+    """``test/<evaluation>/{R1,R5,R10,mAP,mINP}`` in percent."""
+    return {f"test/{name}/{k}": v for name, r in results.items() for k, v in r.summary().items()}
 
 
 def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerEnv):

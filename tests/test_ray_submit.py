@@ -1,0 +1,433 @@
+"""`ray submit cluster-local.yaml sweeps/ablation_profd.py -- --smoke`, for real, on this machine.
+
+What a user of the on-prem variant does, end to end: an SSH server on 127.0.0.1 (Debian's
+openssh-server and rsync, installed with apt-get when missing), `ray up` of the shipped
+``cluster-local.yaml`` (a copy whose only change is the SSH key this test generates),
+`ray submit` of the ProFD ablation sweep in smoke mode, then `ray down`. It checks what
+the user would look at afterwards: `ray submit` exits 0; the head's MLflow server
+(127.0.0.1:5050, started by the cluster's ``head_start_ray_commands``) holds the
+``ablation_profd`` experiment with exactly one FINISHED run per trial of the smoke grid and
+no RUNNING run; the leaderboard CSV (and Markdown) is in the head's home with one row per
+ablation, built from those runs. It also checks that the login shell `ray submit` uses
+imports ``reidbench`` from the mount (``~/reidbench-src``), not from this checkout, and that
+the sweep really logged to the server (no SQLite fallback under the output folder).
+
+Decisions:
+
+* Processes: every process this test starts carries an environment variable with a token
+  unique to this run (the ``ray`` commands get it from us; the sshd gets it too and hands
+  it to every session through ``SetEnv``, so the head's Ray processes, its Ray workers and
+  the MLflow server inherit it). Cleanup ends the MLflow server by its pid file, sshd by
+  its pid file, then every process still carrying the token, by PID (`ray down` leaves the
+  head's ``gcs_server`` running). Nothing is ended by name, so other users' processes on
+  the machine are never touched — except by Ray itself: ``ray up``/``ray down`` run
+  ``ray stop``, which stops every Ray process of the user. CI runs tests one at a time,
+  so that is acceptable there; do not run this test beside other Ray work.
+* Files: ``~/.bashrc`` (setup appends two lines) is backed up and restored byte for byte;
+  ``~/reidbench-src``, ``~/reidbench-venv``, ``~/reidbench-mlflow``, ``~/leaderboards``,
+  Ray's ``~/ray_bootstrap_*`` and the submitted ``~/ablation_profd.py`` are removed. If
+  any of them exists before the test starts (a leftover, or a real cluster set up on this
+  machine), the test fails rather than overwrite it. The synthetic benchmark is generated
+  into the shared cache (``~/.cache/reidbench``) and kept there, as any run would.
+* The sweep writes under ``~/reidbench-submit-test-<token>`` (``--output-dir``), not the
+  default ``~/runs/sweeps``, so a user's own runs in the home are never overwritten.
+* sshd listens on 127.0.0.1:22 only (Ray's local provider always connects to port 22),
+  root with the generated key only, ``UsePAM no``, its own config, host key and pid file;
+  ``StrictModes no`` because the authorized-keys file lives in the test's temporary folder.
+
+Skipped (with the reason) only when not running as root or when apt-get cannot install
+the packages. Timings of apt-get, `ray up`, `ray submit` and `ray down` are printed and
+written with the logs to ``tests/artifacts/ray_submit/`` (or $REIDBENCH_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from reidbench.harness.tune import expand, sweep_parser
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+HOME = Path.home()
+ARTIFACTS = Path(os.environ.get("REIDBENCH_TEST_ARTIFACTS", Path(__file__).parent / "artifacts")) / "ray_submit"
+SSHD = Path("/usr/sbin/sshd")
+SSH_PORT = 22  # Ray's local provider has no port setting
+MLFLOW_URI = "http://127.0.0.1:5050"  # cluster-local.yaml's head_start_ray_commands
+EXPERIMENT = "ablation_profd"
+SMOKE_DATASETS = ["synthetic_occluded"]  # sweeps/ablation_profd.py's default
+MARK = "REIDBENCH_RAY_SUBMIT_TEST"
+BASHRC = HOME / ".bashrc"
+# Everything the cluster's commands and Ray create in the head's home.
+REMOTE_PATHS = ["reidbench-src", "reidbench-venv", "reidbench-mlflow", "leaderboards", "ray_bootstrap_config.yaml",
+                "ray_bootstrap_key.pem", "ablation_profd.py"]
+UP_TIMEOUT = 900  # setup installs the mount into a venv; under load it took ... s
+SUBMIT_TIMEOUT = 1800  # the 10-trial smoke sweep on 2 cores: measured ... s
+DOWN_TIMEOUT = 300
+
+
+# ----------------------------------------------------------------------------- machine set-up
+
+def ensure_packages() -> float:
+    """Install Debian's openssh-server and rsync if missing; return the seconds apt-get took (0 if present)."""
+    if SSHD.exists() and shutil.which("rsync") and shutil.which("ssh") and shutil.which("ssh-keygen"):
+        return 0.0
+    if shutil.which("apt-get") is None:
+        pytest.skip("openssh-server/rsync are missing and apt-get is not available to install them")
+    start = time.perf_counter()
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "openssh-server", "rsync"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            pytest.skip(f"could not install openssh-server and rsync ({' '.join(cmd)}): {done.stderr[-500:]}")
+    if not (SSHD.exists() and shutil.which("rsync")):
+        pytest.skip("apt-get installed openssh-server and rsync but /usr/sbin/sshd or rsync is missing")
+    return time.perf_counter() - start
+
+
+def listening(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a socket listening on ``port`` (from /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                if len(address) == 8:
+                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+                else:
+                    words = [bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8)]
+                    found.add(socket.inet_ntop(socket.AF_INET6, b"".join(words)))
+    return found
+
+
+def marked_processes(token: str) -> list[psutil.Process]:
+    """Live processes (not zombies) whose environment carries this run's token."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(MARK) == token:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def describe(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"{p.pid} {' '.join(p.cmdline())[:150]}")
+        except psutil.Error:
+            out.append(f"{p.pid} (gone)")
+    return out
+
+
+def end_processes(procs: list[psutil.Process], grace: float = 15.0) -> None:
+    """SIGTERM each process by PID, wait, SIGKILL what is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, procs = psutil.wait_procs(procs, timeout=grace)
+        if not procs:
+            return
+
+
+def end_by_pid_file(pid_file: Path, token: str, expect: str) -> str | None:
+    """End the process whose pid ``pid_file`` names (and its children), if it is one of ours."""
+    if not pid_file.exists():
+        return f"{pid_file} is missing"
+    try:
+        proc = psutil.Process(int(pid_file.read_text().strip()))
+        if proc.environ().get(MARK) != token or expect not in " ".join(proc.cmdline()):
+            return f"pid {proc.pid} in {pid_file} is not the {expect} this test started"
+        end_processes([*proc.children(recursive=True), proc])
+    except (ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return None
+
+
+class LocalCluster:
+    """The SSH server, the cluster config copy and everything to undo afterwards."""
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.token = secrets.token_hex(8)
+        self.env = {**os.environ, MARK: self.token, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.key = workdir / "id_ed25519"
+        self.config = workdir / "cluster-local.yaml"
+        self.output_dir = HOME / f"reidbench-submit-test-{self.token}"
+        self.sshd: subprocess.Popen | None = None
+        self.sshd_pid_file = workdir / "sshd.pid"
+        self.bashrc: bytes | None = None
+        self.bashrc_mode: int | None = None
+        self.made_run_sshd = False
+        self.cluster_started = False
+        self.timings: dict[str, float] = {}
+        self.notes: list[str] = []
+
+    # -- preconditions
+    def check_machine_is_free(self) -> None:
+        """Fail (not skip) when something this test would create or bind is already there."""
+        taken = {port: listening(port) for port in (SSH_PORT, 5050)}
+        taken = {port: addrs for port, addrs in taken.items() if addrs}
+        assert not taken, f"ports needed by the test are in use: {taken} (sshd needs 22, the head's MLflow 5050)"
+        present = [str(HOME / p) for p in REMOTE_PATHS if (HOME / p).exists()]
+        assert not present, (f"{present} already exist; this test creates and removes them (a leftover of an "
+                             f"interrupted run, or a real cluster set up here?) — remove them first")
+        text = BASHRC.read_text() if BASHRC.exists() else ""
+        assert "reidbench-venv/bin" not in text and "MLFLOW_TRACKING_URI" not in text, (
+            f"{BASHRC} already has the cluster's PATH/MLFLOW_TRACKING_URI lines; the test restores the file as it "
+            f"finds it, so remove them first")
+
+    # -- sshd
+    def start_sshd(self) -> None:
+        run = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
+        subprocess.run([*run, "-f", str(self.key), "-C", f"reidbench-test-{self.token}"], check=True)
+        subprocess.run([*run, "-f", str(self.dir / "ssh_host_ed25519_key")], check=True)
+        authorized = self.dir / "authorized_keys"
+        authorized.write_text(Path(f"{self.key}.pub").read_text())
+        authorized.chmod(0o600)
+        config = self.dir / "sshd_config"
+        config.write_text(f"""\
+Port {SSH_PORT}
+ListenAddress 127.0.0.1
+HostKey {self.dir / 'ssh_host_ed25519_key'}
+PidFile {self.sshd_pid_file}
+AuthorizedKeysFile {authorized}
+AllowUsers root
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+X11Forwarding no
+MaxSessions 64
+MaxStartups 64
+SetEnv {MARK}={self.token}
+""")
+        if not Path("/run/sshd").exists():  # privilege separation directory; the package makes it at boot only
+            Path("/run/sshd").mkdir(mode=0o755, parents=True)
+            self.made_run_sshd = True
+        check = subprocess.run([str(SSHD), "-t", "-f", str(config)], capture_output=True, text=True)
+        assert check.returncode == 0, f"sshd rejects the generated config: {check.stderr}"
+        self.sshd = subprocess.Popen([str(SSHD), "-D", "-f", str(config), "-E", str(self.dir / "sshd.log")],
+                                     env=self.env, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.sshd.poll() is not None:
+                pytest.fail(f"sshd exited with {self.sshd.returncode}: {(self.dir / 'sshd.log').read_text()}")
+            if self.ssh("true", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"sshd did not accept the key within 30 s: {(self.dir / 'sshd.log').read_text()}")
+        assert int(self.sshd_pid_file.read_text()) == self.sshd.pid
+        assert listening(SSH_PORT) == {"127.0.0.1"}, f"sshd must listen on 127.0.0.1 only: {listening(SSH_PORT)}"
+
+    def ssh(self, command: str, check: bool = True, login: bool = False) -> subprocess.CompletedProcess:
+        """Run ``command`` on the head as `ray` does (``login``: through ``bash --login -c -i``)."""
+        if login:
+            command = f"bash --login -c -i {shlex.quote(command)}"
+        done = subprocess.run(
+            ["ssh", "-i", str(self.key), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o",
+             "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}", "-o", "LogLevel=ERROR",
+             "-o", "ConnectTimeout=10", "-p", str(SSH_PORT), "root@127.0.0.1", command],
+            capture_output=True, text=True, env=self.env, timeout=120, stdin=subprocess.DEVNULL)
+        if check:
+            assert done.returncode == 0, f"ssh {command!r} failed ({done.returncode}): {done.stderr[-2000:]}"
+        return done
+
+    # -- the cluster
+    def write_config(self) -> None:
+        """The shipped config with this test's key; nothing else changes."""
+        config = yaml.safe_load((REPO / "cluster-local.yaml").read_text())
+        config["auth"]["ssh_private_key"] = str(self.key)
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def backup_bashrc(self) -> None:
+        if BASHRC.exists():
+            self.bashrc = BASHRC.read_bytes()
+            self.bashrc_mode = BASHRC.stat().st_mode & 0o7777
+
+    def ray(self, name: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """A `ray` CLI command from the repository root (``file_mounts``' "." is the cwd), timed and logged."""
+        log = self.dir / f"{name}.log"
+        start = time.perf_counter()
+        with open(log, "w") as out:
+            try:
+                done = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], cwd=REPO, env=self.env,
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                done = subprocess.CompletedProcess(args, returncode=-9)
+                out.write(f"\n[test] timed out after {timeout} s\n")
+        self.timings[f"ray {name}"] = round(time.perf_counter() - start, 1)
+        print(f"[ray-submit-test] ray {name}: {self.timings[f'ray {name}']} s, exit {done.returncode}")
+        done.stdout = log.read_text(errors="replace")
+        return done
+
+    # -- undo everything
+    def cleanup(self) -> list[str]:
+        """Undo everything; return what could not be undone (empty when all is clean)."""
+        problems = []
+        if self.cluster_started:
+            down = self.ray("down", "down", "-y", "--no-config-cache", str(self.config), timeout=DOWN_TIMEOUT)
+            if down.returncode != 0:
+                self.notes.append(f"ray down exited {down.returncode}: {down.stdout[-1500:]}")
+            # The MLflow server is not Ray's: end it by the pid file head_start_ray_commands wrote.
+            problem = end_by_pid_file(HOME / "reidbench-mlflow" / "server.pid", self.token, "mlflow")
+            if problem:
+                self.notes.append(problem)
+        if self.sshd is not None:
+            problem = end_by_pid_file(self.sshd_pid_file, self.token, str(SSHD))
+            if problem:
+                self.notes.append(problem)
+            try:
+                self.sshd.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.sshd.kill()
+                self.sshd.wait(timeout=15)
+        # Whatever else this test started (the head's gcs_server, Ray workers, ssh control masters).
+        for _ in range(3):
+            left = marked_processes(self.token)
+            if not left:
+                break
+            self.notes.append(f"ended by PID after ray down / sshd stop: {describe(left)}")
+            end_processes(left)
+        still = marked_processes(self.token)
+        if still:
+            problems.append(f"processes this test started are still alive: {describe(still)}")
+        if self.bashrc is not None:
+            BASHRC.write_bytes(self.bashrc)
+            BASHRC.chmod(self.bashrc_mode)
+        elif BASHRC.exists():
+            BASHRC.unlink()
+        for name in [*REMOTE_PATHS, self.output_dir.name]:
+            path = HOME / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            if path.exists():
+                problems.append(f"could not remove {path}")
+        if self.made_run_sshd:
+            shutil.rmtree("/run/sshd", ignore_errors=True)
+        return problems
+
+    def save_artifacts(self) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for log in ("up.log", "submit.log", "down.log", "sshd.log"):
+            if (self.dir / log).exists():
+                shutil.copy(self.dir / log, ARTIFACTS / log)
+        (ARTIFACTS / "timings.json").write_text(json.dumps({**self.timings, "notes": self.notes}, indent=2))
+
+
+def smoke_trial_names() -> list[str]:
+    """The run names the smoke sweep must produce, from the sweep script's own grid."""
+    spec = importlib.util.spec_from_file_location("ablation_profd_sweep", REPO / "sweeps" / "ablation_profd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = sweep_parser("", EXPERIMENT).parse_args(["--smoke"])
+    return [p["name"] for p in expand(module.trials(args), SMOKE_DATASETS, [0])]
+
+
+# ----------------------------------------------------------------------------- the test
+
+def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: installs packages with apt-get and runs sshd for the local cluster's ssh_user root")
+    apt_seconds = ensure_packages()
+    cluster = LocalCluster(tmp_path)
+    cluster.timings["apt-get install"] = round(apt_seconds, 1)
+    cluster.check_machine_is_free()
+    expected = smoke_trial_names()
+    assert len(expected) == 10, f"the smoke grid changed: {expected}"
+    try:
+        cluster.backup_bashrc()
+        cluster.start_sshd()
+        cluster.write_config()
+        cluster.cluster_started = True  # from here on, `ray down` runs in cleanup even if `ray up` fails half-way
+        up = cluster.ray("up", "up", "-y", "--no-config-cache", str(cluster.config), timeout=UP_TIMEOUT)
+        assert up.returncode == 0, f"ray up failed:\n{up.stdout[-5000:]}"
+
+        # The shell `ray submit` runs the script in: the venv first on PATH, the package from the mount.
+        probe = cluster.ssh("python -c 'import reidbench, ray, sys; print(reidbench.__file__); print(sys.prefix)'; "
+                            "command -v ray; echo $MLFLOW_TRACKING_URI", login=True)
+        package, prefix, ray_bin, uri = probe.stdout.strip().splitlines()[-4:]
+        assert package.startswith(str(HOME / "reidbench-src" / "reidbench")), package
+        assert prefix == str(HOME / "reidbench-venv") and ray_bin == str(HOME / "reidbench-venv" / "bin" / "ray")
+        assert uri == MLFLOW_URI
+
+        submit = cluster.ray("submit", "submit", "--no-config-cache", str(cluster.config),
+                             str(REPO / "sweeps" / "ablation_profd.py"), "--", "--smoke",
+                             "--output-dir", str(cluster.output_dir), timeout=SUBMIT_TIMEOUT)
+        assert submit.returncode == 0, f"ray submit failed:\n{submit.stdout[-8000:]}"
+        assert f"{len(expected)} trials" in submit.stdout, submit.stdout[-3000:]
+
+        # MLflow, queried on the head's server before it is shut down.
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=MLFLOW_URI)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        assert exp is not None, f"no experiment {EXPERIMENT!r} on {MLFLOW_URI}"
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        names = Counter(r.info.run_name for r in runs)
+        assert names == Counter(expected), f"expected one run per trial {expected}, found {dict(names)}"
+        statuses = {r.info.run_name: r.info.status for r in runs}
+        assert set(statuses.values()) == {"FINISHED"}, statuses
+        for run in runs:
+            assert run.data.tags.get("sweep") == EXPERIMENT, run.data.tags
+            test_metrics = [k for k in run.data.metrics if k.startswith("test/") and k.endswith(("/R1", "/mAP"))]
+            assert test_metrics, f"{run.info.run_name} logged no test metrics: {sorted(run.data.metrics)}"
+        assert not (cluster.output_dir / "mlflow.db").exists(), "the sweep fell back to SQLite: MLFLOW_TRACKING_URI lost"
+
+        # The leaderboard, written on the head (this machine's home).
+        board_dir = cluster.output_dir / "leaderboard" / EXPERIMENT
+        assert (board_dir / "leaderboard.md").exists()
+        board = pd.read_csv(board_dir / "leaderboard.csv")
+        ablations = sorted(name.split("/")[1] for name in expected)
+        profd = board[board["method"] == "profd"]
+        assert sorted(profd["ablation"].unique()) == ablations, board[["method", "ablation", "dataset"]]
+        assert (profd["dataset"] == "synthetic_occluded").all() and (profd["n_seeds"] == 1).all()
+        assert profd["R1_mean"].between(0, 100).all() and profd["mAP_mean"].between(0, 100).all()
+        board_ids = {i for ids in profd["run_ids"].astype(str) for i in ids.replace(";", ",").split(",") if i.strip()}
+        assert {i.strip() for i in board_ids} == {r.info.run_id for r in runs}
+        assert profd["setup"].astype(str).str.contains("tiny").all(), "smoke runs must be labelled as unlike the paper"
+    finally:
+        problems = cluster.cleanup()
+        cluster.save_artifacts()
+        print(f"[ray-submit-test] timings {cluster.timings}")
+        for note in cluster.notes:
+            print(f"[ray-submit-test] {note}")
+    assert not problems, problems
+    assert (BASHRC.read_bytes() if BASHRC.exists() else None) == cluster.bashrc, f"{BASHRC} was not restored"
+    assert not listening(SSH_PORT) and not listening(5050), "sshd or the MLflow server still listens"
