@@ -53,6 +53,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,6 +83,9 @@ REMOTE_PATHS = ["reidbench-src", "reidbench-venv", "reidbench-mlflow", "leaderbo
 UP_TIMEOUT = 900  # setup installs the mount into a venv; under load it took ... s
 SUBMIT_TIMEOUT = 1800  # the 10-trial smoke sweep on 2 cores: measured ... s
 DOWN_TIMEOUT = 300
+RAY_TMP = Path(tempfile.gettempdir()) / "ray"
+RAY_LOCAL_FILES = [RAY_TMP / "ray_current_cluster", RAY_TMP / "cluster-reidbench-local.state",
+                   RAY_TMP / "cluster-reidbench-local.lock"]
 
 
 # ----------------------------------------------------------------------------- machine set-up
@@ -137,6 +141,14 @@ def marked_processes(token: str) -> list[psutil.Process]:
     return found
 
 
+def is_alive(proc: psutil.Process) -> bool:
+    """Still running (the same process: psutil compares creation times), and not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def describe(procs: list[psutil.Process]) -> list[str]:
     out = []
     for p in procs:
@@ -160,18 +172,20 @@ def end_processes(procs: list[psutil.Process], grace: float = 15.0) -> None:
             return
 
 
-def end_by_pid_file(pid_file: Path, token: str, expect: str) -> str | None:
-    """End the process whose pid ``pid_file`` names (and its children), if it is one of ours."""
-    if not pid_file.exists():
-        return f"{pid_file} is missing"
+def end_by_pid_file(pid_file: Path, is_ours) -> tuple[list[psutil.Process], str | None]:
+    """End the process ``pid_file`` names and its descendants, if ``is_ours(proc)``; return them
+    (to check later that they are gone) and a note when the file does not lead to one of ours."""
     try:
         proc = psutil.Process(int(pid_file.read_text().strip()))
-        if proc.environ().get(MARK) != token or expect not in " ".join(proc.cmdline()):
-            return f"pid {proc.pid} in {pid_file} is not the {expect} this test started"
-        end_processes([*proc.children(recursive=True), proc])
+        if not is_ours(proc):
+            return [], f"pid {proc.pid} in {pid_file} is not a process this test started; left alone"
+        family = [*proc.children(recursive=True), proc]
+    except FileNotFoundError:
+        return [], f"{pid_file} is missing"
     except (ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    return None
+        return [], None
+    end_processes(family)
+    return family, None
 
 
 class LocalCluster:
@@ -192,6 +206,8 @@ class LocalCluster:
         self.made_run_sshd = False
         self.cluster_started = False
         self.timings: dict[str, float] = {}
+        self.started = time.time()
+        self.ray_files_before = {p for p in RAY_LOCAL_FILES if p.exists()}
         self.notes: list[str] = []
 
     # -- preconditions
@@ -298,19 +314,23 @@ SetEnv {MARK}={self.token}
     # -- undo everything
     def cleanup(self) -> list[str]:
         """Undo everything; return what could not be undone (empty when all is clean)."""
-        problems = []
+        problems, ended = [], []
         if self.cluster_started:
-            down = self.ray("down", "down", "-y", "--no-config-cache", str(self.config), timeout=DOWN_TIMEOUT)
+            down = self.ray("down", "down", "-y", str(self.config), timeout=DOWN_TIMEOUT)
             if down.returncode != 0:
-                self.notes.append(f"ray down exited {down.returncode}: {down.stdout[-1500:]}")
+                problems.append(f"ray down exited {down.returncode}: {down.stdout[-1500:]}")
             # The MLflow server is not Ray's: end it by the pid file head_start_ray_commands wrote.
-            problem = end_by_pid_file(HOME / "reidbench-mlflow" / "server.pid", self.token, "mlflow")
-            if problem:
-                self.notes.append(problem)
+            family, note = end_by_pid_file(HOME / "reidbench-mlflow" / "server.pid",
+                                           lambda p: p.environ().get(MARK) == self.token and "mlflow" in " ".join(p.cmdline()))
+            ended += family
+            if note:
+                self.notes.append(note)
         if self.sshd is not None:
-            problem = end_by_pid_file(self.sshd_pid_file, self.token, str(SSHD))
-            if problem:
-                self.notes.append(problem)
+            # sshd rewrites its process title over its environment, so it is recognised by PID (our child).
+            family, note = end_by_pid_file(self.sshd_pid_file, lambda p: p.pid == self.sshd.pid)
+            ended += family
+            if note:
+                self.notes.append(note)
             try:
                 self.sshd.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -321,8 +341,12 @@ SetEnv {MARK}={self.token}
             left = marked_processes(self.token)
             if not left:
                 break
-            self.notes.append(f"ended by PID after ray down / sshd stop: {describe(left)}")
+            self.notes.append(f"ended by PID after ray down: {describe(left)}")
             end_processes(left)
+            ended += left
+        alive = [p for p in ended if is_alive(p)]
+        if alive:
+            problems.append(f"processes this test ended are still alive: {describe(alive)}")
         still = marked_processes(self.token)
         if still:
             problems.append(f"processes this test started are still alive: {describe(still)}")
@@ -341,6 +365,21 @@ SetEnv {MARK}={self.token}
                 problems.append(f"could not remove {path}")
         if self.made_run_sshd:
             shutil.rmtree("/run/sshd", ignore_errors=True)
+        # Ray's bookkeeping on the "laptop" side: the config cache `ray down` wrote (named by a hash
+        # of the config, which holds our key's path), the local provider's state files if they are
+        # new, and the current-cluster address if `ray down` did not reset it (a stale one makes a
+        # later plain ray.init() try to join the dead cluster).
+        for cache in Path(tempfile.gettempdir()).glob("ray-config-*"):
+            try:
+                if cache.stat().st_mtime >= self.started and str(self.key) in cache.read_text(errors="replace"):
+                    cache.unlink()
+            except OSError:
+                pass
+        for path in RAY_LOCAL_FILES:
+            if path not in self.ray_files_before and path.exists():
+                if path.name == "ray_current_cluster":
+                    self.notes.append(f"removed {path} left by the cluster ({path.read_text().strip()})")
+                path.unlink()
         return problems
 
     def save_artifacts(self) -> None:

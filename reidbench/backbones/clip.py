@@ -238,6 +238,10 @@ class PersonPatchEmbeddings(nn.Module):
         else:
             self.register_parameter("sie_embedding", None)
 
+    def extra_repr(self) -> str:
+        sie = f", sie: {self.num_cameras} cameras x {self.sie_coef:g} on {self.sie_tokens}" if self.num_cameras else ""
+        return f"grid={self.grid}{sie}"
+
     def forward(self, pixel_values: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         batch = pixel_values.shape[0]
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))

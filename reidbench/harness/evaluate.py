@@ -182,11 +182,9 @@ def _flip_batch(images: Any, flip_keys: Sequence[str]) -> Any:
 # ----------------------------------------------------------------------------
 # Distances
 # ----------------------------------------------------------------------------
-# A scorer maps a query chunk to ``values`` [q, G] and says how they turn into
-# distances: "distance" (as is), "one_minus" (1 - v: cosine distance from a
-# cosine similarity) or "negated" (-v). The engine selects candidates on the
-# values and converts only the few it keeps, saving two passes over each chunk.
-_Scorer = tuple[Callable[[Any], torch.Tensor], str]
+# Values and distances: the engine works on the raw values a metric produces and
+# converts only the candidates it keeps: "distance" (as is), "one_minus"
+# (1 - v: cosine distance from a cosine similarity) or "negated" (-v).
 
 
 def _to_distance(values: torch.Tensor, kind: str) -> torch.Tensor:
@@ -197,23 +195,28 @@ def _to_distance(values: torch.Tensor, kind: str) -> torch.Tensor:
     return -values
 
 
-def _make_scorer(gallery: Any, metric: str | MetricFn, cosine_kind: str = "one_minus") -> _Scorer:
-    """``gallery`` is already a checked tensor (or, for a callable, anything)."""
-    if callable(metric):
-        return (lambda q: metric(q, gallery)), "distance"
-    if metric == "cosine":
-        gn = F.normalize(gallery, p=2.0, dim=1)
-        return (lambda q: torch.mm(F.normalize(q.to(gn.dtype), p=2.0, dim=1), gn.T)), cosine_kind
-    if metric == "euclidean":
-        gg = gallery.pow(2).sum(1)
+class _BuiltinScorer:
+    """Cosine or squared-Euclidean values of query rows against the gallery, with
+    the per-gallery work (normalising, squared norms) done once."""
 
-        def squared_euclidean(q: torch.Tensor) -> torch.Tensor:
-            q = q.to(gallery.dtype)
-            d = q.pow(2).sum(1, keepdim=True) + gg[None, :]
-            return d.addmm_(q, gallery.T, beta=1, alpha=-2)
+    def __init__(self, gallery: torch.Tensor, metric: str, cosine_kind: str = "one_minus") -> None:
+        if metric == "cosine":
+            self.g, self.gg, self.kind = F.normalize(gallery, p=2.0, dim=1), None, cosine_kind
+        elif metric == "euclidean":
+            self.g, self.gg, self.kind = gallery, gallery.pow(2).sum(1), "distance"
+        else:
+            raise ValueError(f"metric must be 'cosine', 'euclidean' or a callable (query, gallery) -> distances, "
+                             f"got {metric!r}")
 
-        return squared_euclidean, "distance"
-    raise ValueError(f"metric must be 'cosine', 'euclidean' or a callable (query, gallery) -> distances, got {metric!r}")
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        q = q.to(device=self.g.device, dtype=self.g.dtype)
+        if self.gg is None:
+            return torch.mm(F.normalize(q, p=2.0, dim=1), self.g.T)
+        return (q.pow(2).sum(1, keepdim=True) + self.gg[None, :]).addmm_(q, self.g.T, beta=1, alpha=-2)
+
+
+def _callable_values(metric: MetricFn, gallery: Any) -> Callable[[Any], torch.Tensor]:
+    return lambda q: metric(q, gallery)
 
 
 def prepare_distance(gallery: Features, metric: str | MetricFn = "cosine") -> Callable[[Any], torch.Tensor]:
@@ -233,12 +236,12 @@ def prepare_distance(gallery: Features, metric: str | MetricFn = "cosine") -> Ca
     Row-chunked matrix products are not bit-identical to one big product (BLAS
     picks its blocking by shape), so anything that must reproduce the engine's
     distances exactly (the benchmark's reference) computes them through this
-    function with the same chunks.
+    function with the same query chunks.
     """
-    if not callable(metric):
-        gallery = _float_tensor(gallery, "gallery_feats")
-    fn, kind = _make_scorer(gallery, metric)
-    return lambda q: _to_distance(fn(q if callable(metric) else torch.as_tensor(q)), kind)
+    if callable(metric):
+        return _callable_values(metric, gallery)
+    scorer = _BuiltinScorer(_float_tensor(gallery, "gallery_feats"), metric)
+    return lambda q: _to_distance(scorer(torch.as_tensor(q)), scorer.kind)
 
 
 def pairwise_distance(query: Features, gallery: Features, metric: str | MetricFn = "cosine") -> torch.Tensor:
@@ -281,7 +284,7 @@ def rank_metrics(
         if d.dtype in (torch.float16, torch.bfloat16):
             d = d.float()
         _check_finite_distances(d, start, "distmat")
-        ev.add_chunk(start, d.contiguous(), "distance")
+        ev.add_values(start, d.contiguous(), "distance")
     return ev.result()
 
 
@@ -307,13 +310,17 @@ def rank_metrics_from_features(
     ``metric`` they may also be dicts of tensors sharing their first dimension
     (e.g. part features plus visibility): each query chunk is the dict with every
     entry sliced, and the gallery dict is passed whole. ``chunk_size`` is the
-    number of query rows per chunk (default: about 2**25 distances per chunk).
+    number of query rows per chunk (default: 512, fewer for galleries over 65,536).
     """
     query, gallery, num_q, num_g = _features_pair(query_feats, gallery_feats, metric, "query_feats", "gallery_feats")
     device = _device_of(gallery)
     ev = _Evaluator(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, protocol, max_rank,
                     num_q, num_g, device, f"query_feats has {num_q} rows", f"gallery_feats has {num_g} rows")
-    _stream(ev, query, _make_scorer(gallery, metric), num_q, num_g, device, chunk_size, callable(metric))
+    if callable(metric):
+        _stream(ev, query, _callable_values(metric, gallery), "distance", num_q, num_g, device, chunk_size, True)
+    else:
+        scorer = _BuiltinScorer(gallery, metric)
+        _stream(ev, query, scorer, scorer.kind, num_q, num_g, device, chunk_size, False)
     return ev.result()
 
 
@@ -342,8 +349,11 @@ def retrieval_metrics(
     ev = _Evaluator(text_pids, image_pids, zeros_q, zeros_g, None, None, "t2i", max_rank, num_q, num_g, device,
                     f"text_feats has {num_q} rows", f"image_feats has {num_g} rows",
                     names=("text_pids", "image_pids", "", ""))
-    scorer = _make_scorer(image, metric, cosine_kind="negated")
-    _stream(ev, text, scorer, num_q, num_g, device, chunk_size, callable(metric))
+    if callable(metric):
+        _stream(ev, text, _callable_values(metric, image), "distance", num_q, num_g, device, chunk_size, True)
+    else:
+        scorer = _BuiltinScorer(image, metric, cosine_kind="negated")
+        _stream(ev, text, scorer, scorer.kind, num_q, num_g, device, chunk_size, False)
     return ev.result()
 
 
@@ -364,16 +374,16 @@ def _features_pair(query_feats: Any, gallery_feats: Any, metric: Any, q_name: st
 # ----------------------------------------------------------------------------
 # Streaming
 # ----------------------------------------------------------------------------
-def _stream(ev: "_Evaluator", query: Any, scorer: _Scorer, num_q: int, num_g: int, device: torch.device,
-            chunk_size: int | None, check_distances: bool) -> None:
-    """Feed the evaluator one query chunk at a time. Built-in metrics on finite,
-    range-checked features give finite values; a user's metric is checked."""
-    fn, kind = scorer
+def _stream(ev: "_Evaluator", query: Any, values_fn: Callable[[Any], torch.Tensor], kind: str, num_q: int,
+            num_g: int, device: torch.device, chunk_size: int | None, check: bool) -> None:
+    """Feed the evaluator one query chunk's ``[c, G]`` values at a time. Built-in
+    metrics on finite, range-checked features give finite values; a user's
+    metric (``check``) is checked chunk by chunk."""
     step = _chunk_rows(num_g, chunk_size)
     for start in range(0, num_q, step):
         q = _slice_rows(query, start, start + step)
         q = {k: v.to(device) for k, v in q.items()} if isinstance(q, dict) else q.to(device)
-        v = fn(q)
+        v = values_fn(q)
         if not isinstance(v, torch.Tensor):
             v = torch.as_tensor(v)
         rows = min(step, num_q - start)
@@ -382,17 +392,47 @@ def _stream(ev: "_Evaluator", query: Any, scorer: _Scorer, num_q: int, num_g: in
                              f"against {num_g} gallery rows; expected ({rows}, {num_g})")
         if v.dtype in (torch.float16, torch.bfloat16) or not v.is_floating_point():
             v = v.float()
-        if check_distances:
+        if check:
             _check_finite_distances(v, start, "the distance metric's output")
-        ev.add_chunk(start, v.to(device).contiguous(), kind)
+        ev.add_values(start, v.to(device).contiguous(), kind)
+
+
+def _masked_extreme(values: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Row-wise max (or min) over ``mask``; rows with nothing get -inf (+inf),
+    which selects nothing."""
+    fill = -math.inf if largest else math.inf
+    filled = torch.where(mask, values, torch.full((), fill, dtype=values.dtype, device=values.device))
+    return filled.amax(1) if largest else filled.amin(1)
+
+
+def _one_minus_slack(s: torch.Tensor) -> torch.Tensor:
+    """``fl(1 - s) <= fl(1 - s_min)`` only implies ``s >= s_min - 1 ulp``: a few ulps of
+    slack (zero where ``s`` is infinite, i.e. rows without positives)."""
+    eps = torch.finfo(s.dtype).eps
+    return torch.where(torch.isfinite(s), 4 * eps * (1 + s.abs()), torch.zeros_like(s))
 
 
 def _chunk_rows(num_g: int, chunk_size: int | None) -> int:
+    """Query rows per chunk: at most 512, and at most 2**25 values."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of query rows, got {chunk_size}")
         return int(chunk_size)
-    return max(1, _CHUNK_ELEMENTS // max(num_g, 1))
+    return max(1, min(512, _CHUNK_ELEMENTS // max(num_g, 1)))
+
+
+@dataclass
+class _Chunk:
+    """A query chunk's pid groups: ``same [c, W]`` gallery indices (padded,
+    ``in_group`` marks real ones), their ``pos`` / ``junk`` masks, ``n_pos``."""
+
+    start: int
+    c: int
+    in_group: torch.Tensor
+    same: torch.Tensor
+    pos: torch.Tensor
+    junk: torch.Tensor
+    n_pos: torch.Tensor
 
 
 class _Evaluator:
@@ -451,83 +491,94 @@ class _Evaluator:
             return valid & ~same_cam & same_clothes, valid & (same_cam | ~same_clothes)
         return valid, torch.zeros_like(valid)  # t2i: every match counts, nothing is junk
 
-    def add_chunk(self, start: int, values: torch.Tensor, kind: str) -> None:
-        """Evaluate query rows ``start:start+c`` from their ``[c, G]`` values
-        (distances, or similarities that ``kind`` turns into distances)."""
-        c, G = values.shape
-        dev = values.device
+    def begin_chunk(self, start: int, c: int, device: torch.device) -> "_Chunk | None":
+        """Find, for query rows ``start:start+c``, the gallery items sharing their
+        pid (padded to the largest group, in gallery order) and split them into
+        positives and junk. ``None`` when no row has a positive."""
+        G = self.num_g
         rows = slice(start, start + c)
         qp, qc, qk = self.q_pids[rows], self.q_cams[rows], self.q_clothes[rows]
-
-        # 1. The gallery items sharing each query's pid, padded to the largest group,
-        #    in gallery order; the protocol splits them into positives and junk.
         u = torch.searchsorted(self.g_uniq, qp).clamp_(max=len(self.g_uniq) - 1)
         cnt = torch.where(self.g_uniq[u] == qp, self.g_counts[u], torch.zeros_like(u))
-        width = int(cnt.max())
         self.n_same[rows] = cnt.cpu().numpy()
         self.filled += c
+        width = int(cnt.max())
         if width == 0:
-            return
-        ar = torch.arange(width, device=dev)
+            return None
+        ar = torch.arange(width, device=device)
         in_group = ar[None, :] < cnt[:, None]
         same = self.g_order[(self.g_starts[u][:, None] + ar[None, :]).clamp_(max=G - 1)]
         pos, junk = self._classify(in_group, self.g_cams[same] == qc[:, None], self.g_clothes[same] == qk[:, None])
         n_pos = pos.sum(1)
         if not bool(n_pos.any()):
-            return
-        v_same = values.gather(1, same)
-        d_same = _to_distance(v_same, kind)
+            return None
+        return _Chunk(start, c, in_group, same, pos, junk, n_pos)
 
-        # 2. Candidates: only items no farther than the row's farthest positive can
-        #    precede a positive. Selected on the raw values (one comparison and one
-        #    nonzero over the chunk); a row without positives selects nothing.
+    def add_values(self, start: int, values: torch.Tensor, kind: str) -> None:
+        """Evaluate query rows ``start:start+c`` from their ``[c, G]`` values
+        (distances, or similarities that ``kind`` turns into distances)."""
+        c, G = values.shape
+        chunk = self.begin_chunk(start, c, values.device)
+        if chunk is None:
+            return
+        v_same = values.gather(1, chunk.same)
+        # Candidates: only items no farther than the row's farthest positive can
+        # precede a positive (a row without positives selects nothing).
         if kind == "distance":
-            t_max = torch.where(pos, d_same, torch.full((), -math.inf, dtype=d_same.dtype, device=dev)).amax(1)
-            select = values <= t_max[:, None]
+            select = values <= _masked_extreme(v_same, chunk.pos, largest=True)[:, None]
         else:
-            s_min = torch.where(pos, v_same, torch.full((), math.inf, dtype=v_same.dtype, device=dev)).amin(1)
+            s_min = _masked_extreme(v_same, chunk.pos, largest=False)
             if kind == "one_minus":
-                # fl(1 - s) <= fl(1 - s_min) only implies s >= s_min - 1 ulp: widen by a few.
-                # The extra candidates rank after the last positive and change nothing.
-                eps = torch.finfo(values.dtype).eps
-                s_min = torch.where(torch.isfinite(s_min), s_min - 4 * eps * (1 + s_min.abs()), s_min)
+                s_min = s_min - _one_minus_slack(s_min)
             select = values >= s_min[:, None]
         flat = select.view(-1).nonzero().squeeze(1)  # row-major: within a row, gallery order
-        cand_row = torch.div(flat, G, rounding_mode="floor")
-        cand_d = _to_distance(values.view(-1).index_select(0, flat), kind)
+        self.finish_chunk(chunk, flat, _to_distance(values.view(-1).index_select(0, flat), kind))
 
-        # 3. Sort the candidates by (row, distance), ties in gallery order, and note
-        #    where each candidate lands and where each row starts.
+    def finish_chunk(self, chunk: "_Chunk", flat: torch.Tensor, cand_d: torch.Tensor) -> None:
+        """Rank the positives of a chunk from its candidates: ``flat`` (row * G +
+        gallery index, ascending) and their distances ``cand_d``. Every gallery
+        item not farther than its row's farthest positive must be a candidate;
+        extra candidates farther than that are harmless."""
+        c, G, dev = chunk.c, self.num_g, flat.device
+        rows_ids = torch.arange(c, device=dev)[:, None]
+        # 1. Sort the candidates by (row, distance), ties in gallery order, and
+        #    note where each lands and where each row starts.
+        cand_row = torch.div(flat, G, rounding_mode="floor")
         perm = _row_value_order(cand_row, cand_d)
         landed = torch.empty_like(perm)
         landed[perm] = torch.arange(len(perm), device=dev)
-        row_start = torch.bincount(cand_row, minlength=c).cumsum(0)
-        row_start = row_start - torch.bincount(cand_row, minlength=c)
-
-        # 4. In the same (distance, gallery index) order, the pid group gives each
-        #    positive its ordinal among positives and the junk ahead of it.
-        inf = torch.full((), math.inf, dtype=d_same.dtype, device=dev)
-        order = torch.sort(torch.where(in_group, d_same, inf), dim=1, stable=True).indices
-        pos_o, junk_o, same_o = pos.gather(1, order), junk.gather(1, order), same.gather(1, order)
+        per_row = torch.bincount(cand_row, minlength=c)
+        row_start = per_row.cumsum(0) - per_row
+        # 2. The pid group's distances, looked up among the candidates; a member
+        #    that is not a candidate lies beyond every positive (+inf will do).
+        same_flat = rows_ids * G + chunk.same
+        slot = torch.searchsorted(flat, same_flat).clamp_(max=max(len(flat) - 1, 0))
+        found = chunk.in_group & (flat[slot] == same_flat) if len(flat) else torch.zeros_like(chunk.in_group)
+        if not bool(found[chunk.pos].all()):
+            raise RuntimeError("internal error: a positive is missing from its query's candidates")
+        inf = torch.full((), math.inf, dtype=cand_d.dtype, device=dev)
+        d_same = torch.where(found, cand_d[slot], inf)
+        # 3. In (distance, gallery index) order, the pid group gives each positive
+        #    its ordinal among positives and the junk ahead of it ...
+        order = torch.sort(d_same, dim=1, stable=True).indices
+        pos_o, junk_o, slot_o = chunk.pos.gather(1, order), chunk.junk.gather(1, order), slot.gather(1, order)
         ordinal = pos_o.long().cumsum(1)
         junk_ahead = junk_o.long().cumsum(1)
-        # Each positive's place among all candidates of its row, junk included.
-        pos_rows = torch.arange(c, device=dev)[:, None].expand_as(pos_o)[pos_o]
-        slot = torch.searchsorted(flat, pos_rows * G + same_o[pos_o])
-        place = landed.index_select(0, slot) - row_start.index_select(0, pos_rows) + 1
+        # ... and the candidates its place in the row, junk included.
+        pos_rows = rows_ids.expand_as(pos_o)[pos_o]
+        place = landed.index_select(0, slot_o[pos_o]) - row_start.index_select(0, pos_rows) + 1
         rank = torch.zeros_like(ordinal)
         rank[pos_o] = place
         rank = rank - junk_ahead  # rank among non-junk items (junk removed as if absent)
-
-        # 5. Per query: AP = mean(ordinal / rank), INP = n / rank of the last positive.
-        ratio = torch.where(pos_o, ordinal.double() / rank.clamp(min=1).double(), torch.zeros((), dtype=torch.float64,
-                                                                                              device=dev))
-        ap_sum = ratio.sum(1)
+        # 4. Per query: AP = mean(ordinal / rank), INP = n / rank of the last positive.
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        ap_sum = torch.where(pos_o, ordinal.double() / rank.clamp(min=1).double(), zero).sum(1)
         last = torch.where(pos_o, rank, torch.zeros_like(rank)).amax(1)
         first = torch.where(pos_o, rank, torch.full_like(rank, G + 1)).amin(1)
-        n = n_pos.cpu().numpy()
+        n = chunk.n_pos.cpu().numpy()
         ok = n > 0
         ap_sum, last, first = ap_sum.cpu().numpy(), last.cpu().numpy(), first.cpu().numpy()
+        rows = slice(chunk.start, chunk.start + c)
         self.n_pos[rows] = n
         ap_rows, inp_rows, first_rows = self.ap[rows], self.inp[rows], self.first[rows]  # views
         ap_rows[ok] = ap_sum[ok] / n[ok]

@@ -31,8 +31,8 @@ class BaselineConfig(PresetConfig):
     neck_feat: Literal["before", "after"] = "before"
     image: ImageStageConfig = field(default_factory=ImageStageConfig)
 
-    # tiny: the same image-stage schedule as clip_reid's tiny preset, so the two rows differ
-    # only by the text supervision.
+    # tiny: the same image-stage schedule as clip_reid's tiny preset (see the reasons
+    # there), so the two rows differ only by the text supervision.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {
             "image": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11], "head_lr_mult": 10.0},

@@ -38,9 +38,9 @@ decoder: weighted average pooling of the patch features by the predicted parsing
 ``softmax(S)``), ``sea``, ``spa``, ``both``}; Table 4 ``memory_bank`` in {``none``,
 ``global``, ``part``, ``both``}; Table 5 ``use_align`` / ``use_div``; Fig. 4 ``m_g``
 / ``m_p``. A removed component is not built (no parameters, no buffers, no loss
-term). Mask noise is a dataset-side knob (``reidbench data synth --mask-noise``
-writes noisier masks; ``data.root`` points a run at them): the method only reads
-``batch["mask"]``.
+term). Mask noise is a dataset-side knob (run config ``data.synthetic.mask_noise``,
+or ``reidbench data synth --mask-noise`` plus ``data.root``): the method only
+reads ``batch["mask"]``, so a noise sweep needs nothing from it.
 
 Masks. ProFD needs a part-label map for every training image: ``batch["mask"]``
 ``[B,H,W]`` with 0 = background, 1 head, 2 upper arms and torso, 3 lower arms and
