@@ -93,6 +93,12 @@ def deepspeed_engine(step_module, stage, cfg: RunConfig):
     if cfg.dist.zero_stage == 3:
         raise ValueError("dist.zero_stage=3 partitions the parameters, and the harness evaluates and checkpoints "
                          "full weights on rank 0; use zero_stage 1 or 2")
+    # DeepSpeed broadcasts every parameter viewed as bytes, which fails on 0-d tensors (CLIP's
+    # logit_scale). Those are identical on every rank already (same seed, same weights), so they
+    # are marked as not to be broadcast (the attribute DeepSpeed itself checks).
+    for p in step_module.parameters():
+        if p.dim() == 0:
+            p.ds_optim_param = True
     trainable = [p for p in step_module.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=step_module, model_parameters=trainable,
                                            config=deepspeed_config(cfg, stage))
