@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -65,21 +66,22 @@ def make_problem(scale: float, seed: int, noise: float) -> dict[str, np.ndarray]
     # Look-alikes: identities come in groups of about ten sharing a component
     # (uniforms, similar clothes), so the hard negatives are other identities.
     groups = rng.standard_normal((max(1, n_ids // 10), dim), dtype=np.float32)
-    centres = np.sqrt(0.65) * groups[rng.integers(0, len(groups), n_ids)]
-    centres += np.sqrt(0.35) * rng.standard_normal((n_ids, dim), dtype=np.float32)
+    centres = math.sqrt(0.65) * groups[rng.integers(0, len(groups), n_ids)]
+    centres += math.sqrt(0.35) * rng.standard_normal((n_ids, dim), dtype=np.float32)
     cam_shift = 0.2 * rng.standard_normal((n_cams, dim), dtype=np.float32)
 
     def feats(pids: np.ndarray, cams: np.ndarray) -> np.ndarray:
         # Image quality varies (blur, occlusion): a log-normal noise scale per image.
         scale = noise * np.exp(0.1 * rng.standard_normal((len(pids), 1))).astype(np.float32)
         f = centres[pids] + cam_shift[cams] + scale * rng.standard_normal((len(pids), dim), dtype=np.float32)
-        return f / np.linalg.norm(f, axis=1, keepdims=True)
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)  # embeddings are float32
 
     return dict(qf=feats(q_pids, q_cams), gf=feats(g_pids, g_cams), q_pids=q_pids, g_pids=g_pids,
                 q_cams=q_cams, g_cams=g_cams)
 
 
-def reference(p: dict[str, np.ndarray], chunk: int, parts: int = 1) -> tuple[np.ndarray, float, float]:
+def reference(p: dict[str, np.ndarray], chunk: int, parts: int = 1, stable: bool = False
+              ) -> tuple[np.ndarray, float, float]:
     """torchreid's / fast-reid's Python ``eval_market1501`` (argsort everything, match
     matrix, per-query loop). Their AP step builds a Python list over all ranks
     of every query (``[x / (i+1.) for i, x in enumerate(tmp_cmc)]``); here it is
@@ -88,7 +90,9 @@ def reference(p: dict[str, np.ndarray], chunk: int, parts: int = 1) -> tuple[np.
 
     ``parts > 1`` runs it on that many consecutive query slices, one after the
     other, each against the whole gallery: the same per-query work and the same
-    numbers, with 1/parts of the memory (for machines that cannot hold ~22 GB).
+    numbers, with 1/parts of the memory (for machines that cannot hold ~25 GB).
+    ``stable`` sorts with ``kind="stable"``: ties in distance then fall in gallery
+    order, the engine's documented rule, instead of introsort's arbitrary order.
     """
     import torch
 
@@ -103,11 +107,11 @@ def reference(p: dict[str, np.ndarray], chunk: int, parts: int = 1) -> tuple[np.
     n_chunks = -(-len(qf) // chunk)
     bounds = [min(len(qf), chunk * round(i * n_chunks / parts)) for i in range(parts + 1)]
     for a, b in zip(bounds[:-1], bounds[1:]):
-        distmat = np.empty((b - a, len(gf)), np.float32)
+        distmat = np.empty((b - a, len(gf)), p["qf"].dtype)
         for s in range(a, b, chunk):
             distmat[s - a:s - a + chunk] = dist(qf[s:s + chunk]).numpy()
         q_pids, q_camids = q_pids_all[a:b], q_camids_all[a:b]
-        indices = np.argsort(distmat, axis=1)
+        indices = np.argsort(distmat, axis=1, kind="stable" if stable else None)
         matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
         for q_idx in range(len(q_pids)):
             order = indices[q_idx]
@@ -136,7 +140,7 @@ def ours(p: dict[str, np.ndarray], chunk: int) -> tuple[np.ndarray, float, float
     return r.cmc, r.mAP, r.mINP
 
 
-def child(which: str, data_dir: str, chunk: int, threads: int, parts: int) -> None:
+def child(which: str, data_dir: str, chunk: int, threads: int, parts: int, stable: bool) -> None:
     import torch  # (import cost is not part of the timing)
 
     if threads:
@@ -147,7 +151,7 @@ def child(which: str, data_dir: str, chunk: int, threads: int, parts: int) -> No
     p = {k: np.load(os.path.join(data_dir, f"{k}.npy")) for k in ("qf", "gf", "q_pids", "g_pids", "q_cams", "g_cams")}
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    cmc, mAP, mINP = reference(p, chunk, parts) if which == "ref" else ours(p, chunk)
+    cmc, mAP, mINP = reference(p, chunk, parts, stable) if which == "ref" else ours(p, chunk)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -156,10 +160,10 @@ def child(which: str, data_dir: str, chunk: int, threads: int, parts: int) -> No
                           mINP=mINP)))
 
 
-def run_child(which: str, data_dir: str, chunk: int, threads: int, parts: int) -> dict:
+def run_child(which: str, data_dir: str, chunk: int, threads: int, parts: int, stable: bool) -> dict:
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", which, "--data", data_dir,
-                          "--chunk", str(chunk), "--threads", str(threads), "--ref-parts", str(parts)],
-                         capture_output=True, text=True)
+                          "--chunk", str(chunk), "--threads", str(threads), "--ref-parts", str(parts)]
+                         + (["--stable-ref"] if stable else []), capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{which} run failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -174,12 +178,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in both runs (default: torch's)")
     ap.add_argument("--ref-parts", type=int, default=1,
                     help="run the reference on this many query slices in turn (same work, 1/N of the memory)")
+    ap.add_argument("--stable-ref", action="store_true",
+                    help="reference argsort with kind='stable' (ties in gallery order, as the engine): exact agreement")
     ap.add_argument("--only", choices=("ref", "ours"), help="run one side only")
     ap.add_argument("--child", choices=("ref", "ours"), help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.data, args.chunk, args.threads, args.ref_parts)
+        child(args.child, args.data, args.chunk, args.threads, args.ref_parts, args.stable_ref)
         return
 
     from reidbench.harness.evaluate import _chunk_rows
@@ -201,15 +207,17 @@ def main() -> None:
         for which in ("ours", "ref"):
             if args.only and which != args.only:
                 continue
-            results[which] = r = run_child(which, tmp, chunk, args.threads, args.ref_parts)
+            results[which] = r = run_child(which, tmp, chunk, args.threads, args.ref_parts, args.stable_ref)
             print(f"{which:>4}: {r['seconds']:8.2f} s wall  {r['cpu_s']:8.2f} s cpu  peak {r['peak_gb']:6.2f} GB  "
                   f"R1 {100 * r['cmc'][0]:.2f}  R5 {100 * r['cmc'][4]:.2f}  R10 {100 * r['cmc'][9]:.2f}  "
                   f"mAP {100 * r['mAP']:.2f}  mINP {100 * r['mINP']:.2f}", flush=True)
     if len(results) < 2:
         return
     a, b = results["ref"], results["ours"]
-    max_diff = max(float(np.max(np.abs(np.subtract(a["cmc"], b["cmc"])))), abs(a["mAP"] - b["mAP"]),
-                   abs(a["mINP"] - b["mINP"]))
+    diffs = {"cmc": float(np.max(np.abs(np.subtract(a["cmc"], b["cmc"])))), "mAP": abs(a["mAP"] - b["mAP"]),
+             "mINP": abs(a["mINP"] - b["mINP"])}
+    max_diff = max(diffs.values())
+    print("largest difference: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
     speedup = a["seconds"] / b["seconds"]
     print(f"SUMMARY speedup={speedup:.2f} ref_s={a['seconds']:.2f} ours_s={b['seconds']:.2f} "
           f"cpu_speedup={a['cpu_s'] / b['cpu_s']:.2f} ref_cpu_s={a['cpu_s']:.2f} ours_cpu_s={b['cpu_s']:.2f} "

@@ -285,7 +285,8 @@ def test_feature_path_on_gaussian_features_matches_oracle_on_same_chunks(metric)
         nq, ng, chunk = 40, 90, 7
         qp, qc, _ = random_labels(rng, nq, 8, 4, 1)
         gp, gc, _ = random_labels(rng, ng, 8, 4, 1)
-        qf, gf = rng.normal(size=(nq, 16)).astype(np.float32), rng.normal(size=(ng, 16)).astype(np.float32)
+        dtype = np.float32 if seed % 2 else np.float64  # float64 takes the two-sort path
+        qf, gf = rng.normal(size=(nq, 16)).astype(dtype), rng.normal(size=(ng, 16)).astype(dtype)
         dist = prepare_distance(torch.from_numpy(gf), metric)
         d = torch.cat([dist(torch.from_numpy(qf[i:i + chunk])) for i in range(0, nq, chunk)]).numpy()
         expected = torchreid_style(d, qp, gp, qc, gc, max_rank=50)

@@ -4,6 +4,7 @@ when, caches, and that a few steps reduce the loss (fake and real tiny backbones
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 import torch
@@ -80,13 +81,18 @@ def test_registry_lists_both_methods():
 
 @pytest.mark.parametrize("cls", [ClipReidConfig, BaselineConfig])
 def test_configs_have_defaults_for_every_field(cls):
+    nested = []
+
     def check(c):
+        hints = typing.get_type_hints(c)
         for f in dataclasses.fields(c):
             assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
-            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
-                check(f.type)
+            if dataclasses.is_dataclass(hints[f.name]):
+                nested.append(hints[f.name])
+                check(hints[f.name])
 
     check(cls)
+    assert nested  # the stage sections were checked too
     cls()  # constructible with no arguments
 
 

@@ -13,7 +13,7 @@ from reidbench.backbones import pretrain as P
 
 # Small and short on purpose (the default is 20k pairs for 5 minutes); every field
 # is reachable from the CLI so the CLI test below finds this entry in the cache.
-SHORT = dict(n_images=2048, steps=40, batch_size=128, seed=0)
+SHORT = dict(n_images=2048, steps=40, minutes=None, batch_size=128, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,9 @@ def test_repeated_captions_are_not_negatives():
     scale = torch.tensor(2.0)
     swapped = images[[1, 0, 2, 3, 4, 5]]
     assert P.clip_loss(swapped, texts, scale, groups) == pytest.approx(float(P.clip_loss(images, texts, scale, groups)))
-    assert abs(float(P.clip_loss(swapped, texts, scale)) - float(P.clip_loss(images, texts, scale))) > 1e-3
+    # With identical caption embeddings the soft targets give plain InfoNCE's value: the
+    # duplicate column has the same logit as the positive, so neither loss separates them.
+    assert P.clip_loss(images, texts, scale, groups) == pytest.approx(float(P.clip_loss(images, texts, scale)))
     unique = torch.arange(6)
     assert P.clip_loss(images, texts, scale, unique) == pytest.approx(float(P.clip_loss(images, texts, scale)))
 

@@ -18,9 +18,10 @@ Decisions:
   unique to this run (the ``ray`` commands get it from us; the sshd gets it too and hands
   it to every session through ``SetEnv``, so the head's Ray processes, its Ray workers and
   the MLflow server inherit it). Cleanup ends the MLflow server by its pid file, sshd by
-  its pid file, then every process still carrying the token, by PID (`ray down` leaves the
-  head's ``gcs_server`` running). Nothing is ended by name, so other users' processes on
-  the machine are never touched — except by Ray itself: ``ray up``/``ray down`` run
+  its pid file, then every process still carrying the token, by PID (`ray down` has been
+  seen to leave the head's ``gcs_server`` running; ssh control masters linger 10 s).
+  Nothing is ended by name, so other users' processes on the machine are never touched —
+  except by Ray itself: ``ray up``/``ray down`` run
   ``ray stop``, which stops every Ray process of the user. CI runs tests one at a time,
   so that is acceptable there; do not run this test beside other Ray work.
 * Files: ``~/.bashrc`` (setup appends two lines) is backed up and restored byte for byte;
@@ -28,7 +29,15 @@ Decisions:
   Ray's ``~/ray_bootstrap_*`` and the submitted ``~/ablation_profd.py`` are removed. If
   any of them exists before the test starts (a leftover, or a real cluster set up on this
   machine), the test fails rather than overwrite it. The synthetic benchmark is generated
-  into the shared cache (``~/.cache/reidbench``) and kept there, as any run would.
+  into the shared cache (``~/.cache/reidbench``) and kept there, as any run would. Ray's
+  files on the "laptop" side go too when this run made them: the config cache
+  ``/tmp/ray-config-<hash>``, the local provider's ``/tmp/ray/cluster-reidbench-local.*``
+  and a ``/tmp/ray/ray_current_cluster`` that `ray down` failed to reset (it would send a
+  later plain ``ray.init()`` to the dead cluster). Ray's session logs in /tmp/ray stay.
+* The sweep runs exactly as ``--smoke`` defines it, no extra overrides: of a trial's ~75 s
+  on 2 loaded cores only ~30 s is its MLflow run and ~5-8 s its epochs (the rest is the
+  trial actor starting and importing torch), so cutting epochs (``optim.epochs_scale``)
+  would save little.
 * The sweep writes under ``~/reidbench-submit-test-<token>`` (``--output-dir``), not the
   default ``~/runs/sweeps``, so a user's own runs in the home are never overwritten.
 * sshd listens on 127.0.0.1:22 only (Ray's local provider always connects to port 22),
@@ -42,7 +51,6 @@ written with the logs to ``tests/artifacts/ray_submit/`` (or $REIDBENCH_TEST_ART
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -80,8 +88,11 @@ BASHRC = HOME / ".bashrc"
 # Everything the cluster's commands and Ray create in the head's home.
 REMOTE_PATHS = ["reidbench-src", "reidbench-venv", "reidbench-mlflow", "leaderboards", "ray_bootstrap_config.yaml",
                 "ray_bootstrap_key.pem", "ablation_profd.py"]
-UP_TIMEOUT = 900  # setup installs the mount into a venv; under load it took ... s
-SUBMIT_TIMEOUT = 1800  # the 10-trial smoke sweep on 2 cores: measured ... s
+# Measured on the 2-core development machine while other work kept its load average at 10-14:
+# `ray up` 59-86 s (rsync, venv, editable install, MLflow server, `ray start`), `ray submit` of
+# the 10-trial smoke sweep 419-552 s, `ray down` 6-31 s.
+UP_TIMEOUT = 900
+SUBMIT_TIMEOUT = 1800
 DOWN_TIMEOUT = 300
 RAY_TMP = Path(tempfile.gettempdir()) / "ray"
 RAY_LOCAL_FILES = [RAY_TMP / "ray_current_cluster", RAY_TMP / "cluster-reidbench-local.state",

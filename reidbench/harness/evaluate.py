@@ -182,12 +182,11 @@ def _flip_batch(images: Any, flip_keys: Sequence[str]) -> Any:
 # ----------------------------------------------------------------------------
 # Distances
 # ----------------------------------------------------------------------------
-# Values and distances: the engine works on the raw values a metric produces and
-# converts only the candidates it keeps: "distance" (as is), "one_minus"
-# (1 - v: cosine distance from a cosine similarity) or "negated" (-v).
-
-
 def _to_distance(values: torch.Tensor, kind: str) -> torch.Tensor:
+    """The engine works on the raw values a metric produces and converts only
+    the candidates it keeps (two passes fewer over each chunk): ``kind`` is
+    "distance" (as is), "one_minus" (1 - v: cosine distance from a cosine
+    similarity) or "negated" (-v: IRRA's descending similarity)."""
     if kind == "distance":
         return values
     if kind == "one_minus":
@@ -277,7 +276,8 @@ def rank_metrics(
         dm = dm.double()
     num_q, num_g = dm.shape
     ev = _Evaluator(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, protocol, max_rank,
-                    num_q, num_g, dm.device, f"distmat has {num_q} rows (queries)", f"distmat has {num_g} columns (gallery)")
+                    num_q, num_g, dm.device, f"distmat has {num_q} rows (queries)",
+                    f"distmat has {num_g} columns (gallery)")
     step = _chunk_rows(num_g, None)
     for start in range(0, num_q, step):
         d = dm[start:start + step]
@@ -726,7 +726,8 @@ def _check_euclidean_range(q: torch.Tensor, g: torch.Tensor) -> None:
     if not q.numel() or not g.numel():
         return
     limit = float(torch.finfo(g.dtype).max)
-    biggest = float(torch.linalg.vector_norm(q, dim=1).max()) ** 2 + float(torch.linalg.vector_norm(g, dim=1).max()) ** 2
+    norm = lambda x: float(torch.linalg.vector_norm(x, dim=1).max())  # noqa: E731
+    biggest = norm(q) ** 2 + norm(g) ** 2
     if not biggest < limit / 4:
         raise ValueError(f"features are too large for squared Euclidean distances in {g.dtype} "
                          f"(squared norms up to {biggest:.3g}); normalise them or use float64")

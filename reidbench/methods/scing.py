@@ -66,7 +66,8 @@ Decisions where the paper is silent or inconsistent (each a config switch):
   Eq. 17 needs one w_k per identity. Default ``stage2_text="mean_condition"``:
   condition identity k's prompt on the mean stage-1 image feature of k's
   training images (computed once in ``begin_stage`` from the clean training
-  split with the encoder as stage 1 left it). ``"mean_text"``: average the text
+  split with the encoder as stage 1 left it, and kept in the state dict so a
+  run resumed in stage 2 uses the same ones). ``"mean_text"``: average the text
   features of k's prompt conditioned on each of k's images. ``"static"``: the
   learned tokens without visual condition.
 * **Eqs. 17-19's similarity.** Eq. 17's <.,.> is cosine (Sec. 3.1) but without
@@ -80,6 +81,10 @@ Decisions where the paper is silent or inconsistent (each a config switch):
 * **Stage-2 losses.** Eq. 20 only (default). ``stage2_reid_losses=True`` adds
   CLIP-ReID's BNNeck identity loss and batch-hard triplet (official weights 0.25
   and 1) on top, for comparisons with ``clip_reid`` that isolate the prompts.
+  Table 4 hints that the authors' code kept them: its SCING count (126.95 M =
+  CLIP-ReID's 126.55 M + SVIP's 0.40 M) includes CLIP-ReID's 0.90 M of BNNeck
+  classifiers, which Eq. 20 never uses (``bench/efficiency.py`` reproduces both
+  counts).
 * **Inference feature** ``g_p``: the projected CLS feature that Eqs. 17-19
   train (``embed_feature="proj"``); ``"cls_proj"`` is CLIP-ReID's concatenation.
 * **Schedules.** Sec. 4.2 (Adam, wd 5e-4, lr 5e-5, x0.1 at epochs 30 and 50,
