@@ -149,8 +149,13 @@ def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bo
                                 callbacks=[TuneReportCallback()] if in_tune else None),
         resume_from_checkpoint=resume_from,
     )
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    trainer.fit()
+    # Rank 0 logged the final test metrics to the MLflow run; Ray's Result.metrics holds the
+    # last report that carried a checkpoint (an epoch), not the final one.
+    from .tracking import client_for
+
+    metrics = client_for(uri).get_run(run_id).data.metrics
+    return {k: v for k, v in metrics.items() if k.startswith("test/")}
 
 
 def latest_ray_checkpoint(storage: str, name: str):
