@@ -73,7 +73,7 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
     status = "FAILED"
     try:
         if uses_ray(cfg):
-            metrics = launch_ray(cfg, resolved, uri, run_id, resume=resume, in_tune=in_tune)
+            metrics = launch_ray(cfg, resolved, uri, run_id, in_tune=in_tune)
         else:
             env = WorkerEnv(store=LocalStore(checkpoint_folder(cfg)), tracker=MlflowTracker(uri, run_id),
                             progress=progress, on_epoch=on_epoch)

@@ -124,9 +124,12 @@ def ray_run_name(cfg: RunConfig) -> str:
     return cfg.run_name.replace("/", "__")
 
 
-def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bool,
-               in_tune: bool = False) -> dict[str, float]:
-    """Run ``fit`` on a Ray Train worker group; resume from Ray's latest checkpoint when asked."""
+def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, in_tune: bool = False) -> dict[str, float]:
+    """Run ``fit`` on a Ray Train worker group.
+
+    Resuming needs nothing here: Train V2 restores a run from the latest checkpoint under the
+    same ``(storage_path, name)`` (and rejects ``resume_from_checkpoint``); a fresh run's folder
+    was removed by ``train_run`` beforehand."""
     import ray
     from ray.train import CheckpointConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -138,7 +141,6 @@ def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bo
                  include_dashboard=False)
     storage = str((Path(cfg.output_dir) / "ray").resolve())
     name = ray_run_name(cfg)
-    resume_from = latest_ray_checkpoint(storage, name) if resume else None
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg_dict, "uri": uri, "run_id": run_id},
@@ -147,7 +149,6 @@ def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, resume: bo
                                      resources_per_worker=None if cfg.dist.use_gpu else {"CPU": 1}),
         run_config=RayRunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2),
                                 callbacks=[TuneReportCallback()] if in_tune else None),
-        resume_from_checkpoint=resume_from,
     )
     trainer.fit()
     # Rank 0 logged the final test metrics to the MLflow run; Ray's Result.metrics holds the
