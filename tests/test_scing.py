@@ -404,6 +404,8 @@ def test_stage2_ce_uses_the_cached_text_and_the_logit_switch():
     raw = scing(i2t_logits="raw")
     raw.begin_stage(s2, lambda: chunks(batch))
     assert torch.allclose(raw.i2t_logits(image, text), image @ text.T)
+    with pytest.raises(RuntimeError, match="begin_stage"):
+        scing().training_step(batch, s2)
 
 
 def test_stage2_reid_losses_switch_adds_clip_reid_terms():
