@@ -1,30 +1,39 @@
 """Evaluation speed on an MSMT17-shaped problem: full-argsort reference vs the streaming engine.
 
-    python3 bench/eval_speed.py              # full size: 11,659 x 82,161 (the reference needs ~19 GB)
-    python3 bench/eval_speed.py --scale 0.1  # a quick run
+    python3 bench/eval_speed.py                   # full size: 11,659 x 82,161
+    python3 bench/eval_speed.py --scale 0.1       # a quick run
+    python3 bench/eval_speed.py --ref-parts 6     # the reference in 6 query slices (it needs ~24 GB whole)
+    python3 bench/eval_speed.py --threads 1       # one torch thread in both runs (fairer on a busy machine)
 
 The problem has MSMT17's shape: 11,659 queries, 82,161 gallery images, 512-d
-features, 4,101 identities over 15 cameras. Each identity is seen by 2-6 cameras
-and its images are spread over them, so a query has about a dozen positives
-(gallery images of its pid in other cameras) as in MSMT17. Features are
-identity centre (identities come in look-alike groups) + camera shift +
-per-image noise, L2-normalised, with the noise set so the cosine ranking lands
-where trained models on MSMT17 do: at full size R1 about 90 %, mAP about 64 %,
-mINP about 19 % (CLIP-ReID reports R1 88.7 / mAP 73.4; AGW mINP 14.7). The
-streaming engine's work grows with how far down the last positive is, so a
-realistic difficulty makes a fair benchmark; ``--noise`` makes it harder.
+float32 features, 4,101 identities over 15 cameras. Each identity is seen by 2-6
+cameras and its images are spread over them, so a query has about 20 positives
+(gallery images of its pid in other cameras). Features are identity centre
+(identities come in look-alike groups) + camera shift + per-image noise,
+L2-normalised, with the noise set so the cosine ranking lands where trained
+models on MSMT17 do: at full size R1 89.8 %, mAP 63.9 %, mINP 19.2 % (CLIP-ReID
+reports R1 88.7 / mAP 73.4; AGW mINP 14.7). The streaming engine's work grows
+with how far down the last positive is, so a realistic difficulty makes a fair
+benchmark; ``--noise`` makes it harder.
 
 (a) the reference is torchreid's / fast-reid's method written plainly in numpy:
     the Q x G distance matrix, ``np.argsort`` of all of it, the match matrix,
-    then the per-query loop of ``eval_market1501`` (its AP step vectorised);
+    then the per-query loop of ``eval_market1501`` (its AP step vectorised).
+    Whole, it peaks at ~24 GB on MSMT17: distances 3.8 GB + argsort indices
+    7.7 GB + the int64 gather that builds the match matrix 7.7 GB, and later the
+    match matrix 3.8 GB + the per-query CMC arrays that ``all_cmc.append(cmc[:max_rank])``
+    keeps alive through their views, 7.7 GB;
 (b) ``rank_metrics_from_features`` streams query chunks and counts.
 Both compute distances with ``prepare_distance`` over the same row chunks (a
-chunked matrix product is not bit-identical to a whole one), so the metrics
-must agree to rounding. Each runs in its own subprocess, timed from loaded
-features to metrics; its peak memory is that process's maximum resident set
-(``getrusage``), interpreter and torch included. The last line is
-machine-readable: ``SUMMARY speedup=... ref_s=... ours_s=... ref_peak_gb=...
-ours_peak_gb=... max_diff=...``.
+chunked matrix product is not bit-identical to a whole one). The reference's
+``np.argsort`` orders tied distances arbitrarily (introsort) where the engine
+puts the lower gallery index first, so the metrics agree to ~1e-6 (float32
+distances of 82,161 items do tie); ``--stable-ref`` sorts stably and they agree
+exactly (the CMC up to the reference's float32 rounding). Each side runs in its
+own subprocess, timed from loaded features to metrics; its peak memory is that
+process's maximum resident set (``getrusage``), interpreter and torch
+included. The last line is machine-readable: ``SUMMARY speedup=... ref_s=...
+ours_s=... cpu_speedup=... ref_peak_gb=... ours_peak_gb=... max_diff=...``.
 """
 
 from __future__ import annotations
