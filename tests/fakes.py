@@ -103,3 +103,21 @@ class FakeCLIP(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         eos_index = attention_mask.sum(1) - 1
         return self.encode_text_embeddings(self.token_embedding(input_ids), eos_index)
+
+
+def identity_batch(num_classes: int = 4, size: tuple[int, int] = (32, 16), seed: int = 0, n_per_id: int = 2) -> dict:
+    """A training batch as the loaders yield it, with identity-dependent images (something to learn)."""
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.arange(num_classes).repeat_interleave(n_per_id)
+    n = pids.numel()
+    base = torch.randn(num_classes, 3, *size, generator=g)
+    images = base[pids] + 0.3 * torch.randn(n, 3, *size, generator=g)
+    return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
+            "clothes_id": torch.full((n,), -1), "captions": [""] * n}
+
+
+def chunks(batch: dict, size: int = 3):
+    """What the harness's ``train_batches()`` yields: the split in order, un-augmented."""
+    n = batch["pid"].numel()
+    for s in range(0, n, size):
+        yield {k: v[s: s + size] for k, v in batch.items()}

@@ -88,3 +88,31 @@ def test_resume_with_changed_config_is_refused(tmp_path, market_root):
     changed = small_config(tmp_path, market_root, "data.k=4")
     with pytest.raises(ConfigError, match=r"data\.k \(2 -> 4\)"):
         train_run(changed, resume=True)
+
+
+def test_eval_command_reproduces_a_trained_run_and_scores_the_untrained_model(tmp_path, market_root, capsys):
+    from pathlib import Path
+
+    from reidbench.cli import main
+
+    cfg = small_config(tmp_path, market_root)
+    trained = train_run(cfg)
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+
+    def printed_map() -> float:
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("test/standard/mAP"))
+        return float(line.split()[-1])
+
+    assert main(["eval", "--checkpoint", str(run_dir)]) == 0
+    assert printed_map() == pytest.approx(trained["test/standard/mAP"], abs=0.01)  # printed with 2 decimals
+
+    # The model as built, never trained: the same backbone (random init here) scores lower.
+    assert main(["eval", "--untrained", "--method", "baseline", "--dataset", "market1501", "--root", market_root,
+                 "backbone.pretrained=null", "data.num_workers=0", "data.val_fraction=0.25"]) == 0
+    assert printed_map() < trained["test/standard/mAP"]
+
+    # A checkpoint's config comes from the checkpoint: flags that would change it are refused, not ignored.
+    assert main(["eval", "--checkpoint", str(run_dir), "--seed", "1"]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert main(["eval", "--untrained", "--dataset", "market1501"]) == 2
+    assert "--method" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import typing
 import pytest
 import torch
 
-from fakes import FakeCLIP
+from fakes import FakeCLIP, chunks, identity_batch
 from reidbench.config import ConfigError, from_dict, merge
 from reidbench.methods import Method, Stage, get_method, list_methods
 from reidbench.methods.baseline import Baseline, BaselineConfig
@@ -19,21 +19,7 @@ NUM_CLASSES = 4
 
 
 def make_batch(size=(32, 16), seed=0, n_per_id=2):
-    g = torch.Generator().manual_seed(seed)
-    pids = torch.arange(NUM_CLASSES).repeat_interleave(n_per_id)
-    n = pids.numel()
-    # identity-dependent images so there is something to learn
-    base = torch.randn(NUM_CLASSES, 3, *size, generator=g)
-    images = base[pids] + 0.3 * torch.randn(n, 3, *size, generator=g)
-    return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
-            "clothes_id": torch.full((n,), -1), "captions": [""] * n}
-
-
-def chunks(batch, size=3):
-    """What the harness's ``train_batches()`` yields: the split in order, un-augmented."""
-    n = batch["pid"].numel()
-    for s in range(0, n, size):
-        yield {k: (v[s: s + size] if isinstance(v, torch.Tensor) else v[s: s + size]) for k, v in batch.items()}
+    return identity_batch(NUM_CLASSES, size, seed, n_per_id)
 
 
 def apply_stage(method: Method, stage: Stage, lr: float | None = None) -> torch.optim.Optimizer:

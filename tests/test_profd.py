@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fakes import FakeCLIP
+from fakes import FakeCLIP, chunks, identity_batch
 from reidbench.config import ConfigError, from_dict
 from reidbench.harness.evaluate import rank_metrics, rank_metrics_from_features
 from reidbench.methods import get_method
@@ -46,22 +46,12 @@ def part_mask(n: int, occlude_from: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def make_batch(seed: int = 0, n_per_id: int = 2) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    pids = torch.arange(NUM_CLASSES).repeat_interleave(n_per_id)
-    n = pids.numel()
-    base = torch.randn(NUM_CLASSES, 3, *SIZE, generator=g)
-    images = base[pids] + 0.3 * torch.randn(n, 3, *SIZE, generator=g)
+    batch = identity_batch(NUM_CLASSES, SIZE, seed, n_per_id)
+    n = batch["pid"].numel()
+    g = torch.Generator().manual_seed(seed + 1)
     mask = part_mask(n, occlude_from=torch.randint(14, 33, (n,), generator=g))
     visible = torch.stack([(mask == k + 1).flatten(1).any(1) for k in range(NUM_PARTS)], dim=1)
-    return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
-            "clothes_id": torch.full((n,), -1), "captions": [""] * n, "mask": mask, "visible": visible,
-            "has_mask": torch.ones(n, dtype=torch.bool)}
-
-
-def chunks(batch: dict, size: int = 3):
-    n = batch["pid"].numel()
-    for s in range(0, n, size):
-        yield {k: v[s: s + size] for k, v in batch.items()}
+    return {**batch, "mask": mask, "visible": visible, "has_mask": torch.ones(n, dtype=torch.bool)}
 
 
 def fake_profd(**overrides) -> ProFD:

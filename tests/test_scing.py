@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fakes import FakeCLIP
+from fakes import FakeCLIP, chunks, identity_batch
 from reidbench.config import from_dict, merge
 from reidbench.methods import get_method
 from reidbench.methods.scing import (
@@ -33,19 +33,7 @@ TEXT_SIDE_PREFIXES = ("backbone.text", "prompt_learner", "fusion", "backbone.log
 
 
 def make_batch(size=(32, 16), seed=0, n_per_id=2):
-    g = torch.Generator().manual_seed(seed)
-    pids = torch.arange(NUM_CLASSES).repeat_interleave(n_per_id)
-    n = pids.numel()
-    base = torch.randn(NUM_CLASSES, 3, *size, generator=g)
-    images = base[pids] + 0.3 * torch.randn(n, 3, *size, generator=g)
-    return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
-            "clothes_id": torch.full((n,), -1), "captions": [""] * n}
-
-
-def chunks(batch, size=3):
-    n = batch["pid"].numel()
-    for s in range(0, n, size):
-        yield {k: v[s: s + size] for k, v in batch.items()}
+    return identity_batch(NUM_CLASSES, size, seed, n_per_id)
 
 
 def scing(backbone=None, **overrides) -> Scing:

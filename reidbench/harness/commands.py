@@ -87,10 +87,12 @@ def add_commands(sub) -> None:
     train.add_argument("--force", action="store_true", help="resume even if the config changed")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's test protocols")
-    ev.add_argument("--checkpoint", required=True, help="a checkpoint folder or its best.safetensors")
-    ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
-    ev.add_argument("--root")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint (or an untrained model) on a dataset's test protocols")
+    which = ev.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint folder or its best.safetensors")
+    which.add_argument("--untrained", action="store_true",
+                       help="evaluate the method's model as built, before any training (the backbone's own features)")
+    add_run_arguments(ev)  # --dataset/--root pick the evaluation data; the rest only matter with --untrained
     ev.set_defaults(func=_eval)
 
     demo = sub.add_parser("demo", help="the embedded default benchmark: synthetic data, tiny CLIP, every method")

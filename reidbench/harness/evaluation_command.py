@@ -7,10 +7,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import from_dict
+from ..config import ConfigError, from_dict
 from ..datasets import build_dataset
 from . import checkpoint as ckpt
-from .commands import print_metrics
+from .commands import print_metrics, run_config_from_args
 from .run_config import RunConfig
 from .trainer import evaluate_test, prepare, summarize_results
 
@@ -28,8 +28,32 @@ def locate(path: Path) -> tuple[Path, Path]:
                             "(with best.safetensors) or a .safetensors file")
 
 
-def evaluate_checkpoint(args: argparse.Namespace) -> int:
+def evaluate_untrained(args: argparse.Namespace) -> int:
+    """The method's model exactly as ``prepare`` builds it (the backbone's weights, fresh heads), never
+    trained: the "untrained CLIP" row a trained method has to beat. Nothing is logged."""
     try:
+        if not args.method:
+            raise ValueError("--untrained needs --method (the model to build)")
+        cfg = run_config_from_args(args)
+        prep = prepare(cfg)
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
+        print(f"reidbench eval: {exc}", file=sys.stderr)
+        return 2
+    metrics = summarize_results(evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device))
+    print_metrics(f"{cfg.run_name} [untrained, backbone.pretrained={cfg.backbone.pretrained}] on {cfg.data.dataset}",
+                  metrics)
+    return 0
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> int:
+    if args.untrained:
+        return evaluate_untrained(args)
+    ignored = [flag for flag, value in (("--method", args.method), ("--preset", args.preset), ("--seed", args.seed),
+                                        ("--config", args.config), ("key=value", args.overrides)) if value]
+    try:
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} cannot change a checkpoint's config (it is read from the "
+                             "checkpoint); only --dataset and --root choose what to evaluate on")
         weights, config_dir = locate(Path(args.checkpoint))
         if not (config_dir / ckpt.CONFIG_FILE).exists():
             raise FileNotFoundError(f"no {ckpt.CONFIG_FILE} beside {weights} (looked in {config_dir})")
