@@ -116,3 +116,25 @@ def test_eval_command_reproduces_a_trained_run_and_scores_the_untrained_model(tm
     assert "--seed" in capsys.readouterr().err
     assert main(["eval", "--untrained", "--dataset", "market1501"]) == 2
     assert "--method" in capsys.readouterr().err
+
+
+def _open_store(uri: str) -> None:
+    from reidbench.harness.tracking import client_for, experiment_id
+
+    experiment_id(client_for(uri), "race")
+
+
+def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
+    """Two `reidbench train` commands (or sweep trials) on a new output folder create the
+    same mlflow.db at once; unguarded, MLflow's schema migration races and crashes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [ctx.Process(target=_open_store, args=(uri,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1

@@ -11,6 +11,7 @@ to the same store concurrently.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import time
 from pathlib import Path
@@ -43,11 +44,21 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
 
 
 def client_for(uri: str):
+    """An ``MlflowClient`` whose store exists. A fresh SQLite store is created under a file
+    lock: processes that open the same new ``mlflow.db`` at once (two ``reidbench train``
+    commands, sweep trials) otherwise race in MLflow's schema migration and crash
+    ("duplicate column name", "expected to match one row")."""
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates and migrates the schema if needed
+    return client
 
 
 def experiment_id(client, name: str) -> str:
