@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -138,3 +139,33 @@ def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1
+
+
+def test_validation_split_mirrors_the_cross_camera_test_protocol():
+    from reidbench.datasets.records import Sample
+    from reidbench.harness.evaluate import rank_metrics
+    from reidbench.harness.trainer import split_validation
+
+    # ids 0..9, ids not divisible by 3 seen by two cameras, three images per camera
+    train = [Sample(f"{p:04d}_c{c}_{i}.jpg", pid=p, camid=c) for p in range(10) for c in range(1 + (p % 3 > 0))
+             for i in range(3)]
+    kept, query, gallery = split_validation(train, 0.5, seed=0)
+    held = {s.pid for s in query + gallery}
+    assert len(held) == 5
+    assert len(kept) + len(query) + len(gallery) == len(train)
+    assert sorted({s.pid for s in kept}) == list(range(len({s.pid for s in kept})))
+    two_camera = {p for p in held if p % 3}
+    # one query per (identity, camera), real camera ids, first image by path
+    assert sorted((s.pid, s.camid) for s in query) == sorted((p, c) for p in two_camera for c in (0, 1))
+    assert all(s.path.endswith("_0.jpg") for s in query)
+    # every query has a cross-camera positive, so the standard protocol keeps it
+    pid = lambda xs: np.array([s.pid for s in xs])  # noqa: E731
+    cam = lambda xs: np.array([s.camid for s in xs])  # noqa: E731
+    result = rank_metrics(np.random.default_rng(0).random((len(query), len(gallery))), pid(query), pid(gallery),
+                          cam(query), cam(gallery))
+    assert result.num_valid == len(query) > 0
+
+    # no held-out identity seen by two cameras: fall back to camid -1 queries (nothing is junk)
+    one_camera = [Sample(f"{p:04d}_{i}.jpg", pid=p, camid=0) for p in range(10) for i in range(3)]
+    _, query, gallery = split_validation(one_camera, 0.5, seed=0)
+    assert len(query) == 5 and {s.camid for s in query} == {-1} and len(gallery) == 10
