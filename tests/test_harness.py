@@ -169,3 +169,21 @@ def test_validation_split_mirrors_the_cross_camera_test_protocol():
     one_camera = [Sample(f"{p:04d}_{i}.jpg", pid=p, camid=0) for p in range(10) for i in range(3)]
     _, query, gallery = split_validation(one_camera, 0.5, seed=0)
     assert len(query) == 5 and {s.camid for s in query} == {-1} and len(gallery) == 10
+
+
+def test_epochs_scale_stretches_the_whole_schedule():
+    """Four times the epochs must keep the warmup and the lr drops at the same fractions
+    of the run (unscaled milestones would freeze the last three quarters at lr x 0.01)."""
+    from reidbench.harness.trainer import lr_factor, scale_schedule
+    from reidbench.methods.base import Stage
+
+    stage = Stage(name="image", epochs=12, lr=1e-4, trainable=("",), schedule="steps", warmup_epochs=2,
+                  warmup_factor=0.1, milestones=(8, 11), gamma=0.1)
+    long = scale_schedule(stage, 4.0)
+    assert (long.epochs, long.warmup_epochs, long.milestones) == (48, 8, (32, 44))
+    curve = [lr_factor(stage, e, stage.epochs) for e in range(stage.epochs)]
+    stretched = [lr_factor(long, e, long.epochs) for e in range(0, long.epochs, 4)]
+    assert stretched == pytest.approx(curve)
+    short = scale_schedule(stage, 0.25)
+    assert (short.epochs, short.warmup_epochs, short.milestones) == (3, 0, (2, 3))
+    assert scale_schedule(stage, 1.0) is stage

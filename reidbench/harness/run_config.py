@@ -49,7 +49,7 @@ class OptimConfig:
     amp: bool = False  # bf16 autocast (CPU or GPU)
     grad_accum: int = 1
     grad_clip: float | None = None
-    epochs_scale: float = 1.0  # multiply every stage's epochs (rounded up); quick checks
+    epochs_scale: float = 1.0  # multiply every stage's epochs, warmup and lr milestones (see trainer.scale_schedule)
 
 
 @dataclass

@@ -81,8 +81,19 @@ def lr_factor(stage: Stage, epoch: int, epochs: int) -> float:
     return 1.0
 
 
+def scale_schedule(stage: Stage, scale: float) -> Stage:
+    """``stage`` with its epochs, warmup and step milestones all multiplied by ``scale``
+    (``optim.epochs_scale``): a longer or shorter run keeps the schedule's shape.
+    Epochs round up (at least 1); warmup and milestones round to the nearest epoch."""
+    if scale == 1.0:
+        return stage
+    return replace(stage, epochs=max(1, math.ceil(stage.epochs * scale)),
+                   warmup_epochs=int(round(stage.warmup_epochs * scale)),
+                   milestones=tuple(int(round(m * scale)) for m in stage.milestones))
+
+
 def stage_epochs(stage: Stage, cfg: RunConfig) -> int:
-    return max(1, math.ceil(stage.epochs * cfg.optim.epochs_scale))
+    return scale_schedule(stage, cfg.optim.epochs_scale).epochs
 
 
 def set_trainable(method: nn.Module, stage: Stage) -> list[str]:
@@ -281,8 +292,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             yield to_device(batch, env.device)
 
     for stage_index in range(state["stage_index"], len(stages)):
-        stage = stages[stage_index]
-        epochs = stage_epochs(stage, cfg)
+        stage = scale_schedule(stages[stage_index], cfg.optim.epochs_scale)
+        epochs = stage.epochs
         start_epoch = state["epoch"] if stage_index == state["stage_index"] else 0
         resuming_here = resume_dir is not None and stage_index == state["stage_index"]
         if start_epoch >= epochs:
