@@ -34,8 +34,9 @@ training 315 s plus 28 s rendering; the loss sits at ln(128) = 4.85 for the firs
 0.39 / 0.21 (chance 0.10 / 0.13, majority class 0.12 / 0.17), image-to-caption
 R@1 0.013 among 976 captions (chance 0.001); 6,000 pairs gave 0.37 / 0.22.
 Shorter runs (100-200 steps at batch 64 or 128, lr 5e-4 or 1e-3, temperature
-0.07 or 0.03) stayed at chance: do not shorten the budget to save time in tests. A temperature initialised at 0.25 with a 20x learning rate
-collapsed to uniform logits (scale 3.5).
+0.07 or 0.03) stayed at chance: do not shorten the budget to save time in tests.
+A temperature initialised at 0.25 with a 20x learning rate collapsed to uniform
+logits (scale 3.5).
 """
 
 from __future__ import annotations
