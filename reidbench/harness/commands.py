@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def print_metrics(name: str, metrics: dict) -> None:
-    print(f"{name}  (MLflow run {metrics.get('run_id', '?')})")
+    print(f"{name}  (MLflow run {metrics['run_id']})" if "run_id" in metrics else name)
     for key in sorted(k for k in metrics if k.startswith("test/")):
         print(f"  {key:32s} {metrics[key]:7.2f}")
 
