@@ -31,6 +31,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .datasets.synthetic_sets import DEFAULT_DIFFICULTY
+
     parser = argparse.ArgumentParser(prog="reidbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -41,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--ids", type=int, default=200, help="identities per flavor (train + test)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--mask-noise", type=float, default=0.0, help="0 = exact part masks")
-    synth.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard nuisance factors")
+    synth.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY,
+                       help="0 .. 1 nuisance factors (default %(default)s, the embedded benchmark's)")
     synth.add_argument("--image-size", default="128x64", help="HxW")
     synth.add_argument("--workers", type=int, default=2)
     synth.set_defaults(func=_data_synth)

@@ -24,8 +24,15 @@ SYNTHETIC = {
     "synthetic_cc": ("cc", "prcc"),
     "synthetic_pedes": ("pedes", "cuhk_pedes"),
 }
+# The embedded default's difficulty. Measured on synthetic_market (150 ids, tiny CLIP, seed 0):
+# at 0.5 the untrained backbone scored 5.8 mAP and the trained baseline 7.2 (12 epochs; 7.6
+# with 48), all methods at the floor, below a colour histogram of the exact person mask
+# (38.8); at 0.0 (still 10 % uniforms, occluders, poses, backgrounds) 21.6 untrained and
+# 30.6 trained, so training and methods can be told apart.
+DEFAULT_DIFFICULTY = 0.0
 # The embedded default: large enough that methods are not at ceiling, small enough for CPU minutes.
-DEFAULT_GENERATION = {"ids": 150, "seed": 0, "mask_noise": 0.0, "difficulty": 0.5, "image_size": [128, 64]}
+DEFAULT_GENERATION = {"ids": 150, "seed": 0, "mask_noise": 0.0, "difficulty": DEFAULT_DIFFICULTY,
+                      "image_size": [128, 64]}
 
 
 def cache_dir() -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..config import from_dict, load_config, merge, to_dict
+from ..datasets.synthetic_sets import DEFAULT_DIFFICULTY
 
 
 @dataclass
@@ -21,7 +22,7 @@ class SyntheticConfig:
     ids: int = 150
     seed: int = 0
     mask_noise: float = 0.0  # 0 = exact part masks; the ProFD robustness sweep raises it
-    difficulty: float = 0.5
+    difficulty: float = DEFAULT_DIFFICULTY  # 0 .. 1 nuisance factors (see synthetic_sets.DEFAULT_DIFFICULTY)
 
 
 @dataclass
