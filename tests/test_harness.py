@@ -112,9 +112,18 @@ def test_eval_command_reproduces_a_trained_run_and_scores_the_untrained_model(tm
                  "backbone.pretrained=null", "data.num_workers=0", "data.val_fraction=0.25"]) == 0
     assert printed_map() < trained["test/standard/mAP"]
 
+    # Test-time options apply to a checkpoint's evaluation: re-ranked and flip-averaged metrics differ.
+    assert main(["eval", "--checkpoint", str(run_dir)]) == 0
+    plain = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("test/")]
+    assert main(["eval", "--checkpoint", str(run_dir), "evaluation.flip=true", "evaluation.rerank=true"]) == 0
+    tuned = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("test/")]
+    assert len(plain) == len(tuned) == 5 and plain != tuned
+
     # A checkpoint's config comes from the checkpoint: flags that would change it are refused, not ignored.
     assert main(["eval", "--checkpoint", str(run_dir), "--seed", "1"]) == 2
     assert "--seed" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(run_dir), "data.k=8"]) == 2
+    assert "data.k=8" in capsys.readouterr().err
     assert main(["eval", "--untrained", "--dataset", "market1501"]) == 2
     assert "--method" in capsys.readouterr().err
 

@@ -7,11 +7,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError
 from ..datasets import build_dataset
 from . import checkpoint as ckpt
 from .commands import print_metrics, run_config_from_args
-from .run_config import RunConfig
+from .run_config import build_run_config
 from .trainer import evaluate_test, prepare, summarize_results
 
 
@@ -48,17 +48,19 @@ def evaluate_untrained(args: argparse.Namespace) -> int:
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
     if args.untrained:
         return evaluate_untrained(args)
+    model_overrides = [o for o in args.overrides if not o.startswith("evaluation.")]
     ignored = [flag for flag, value in (("--method", args.method), ("--preset", args.preset), ("--seed", args.seed),
-                                        ("--config", args.config), ("key=value", args.overrides)) if value]
+                                        ("--config", args.config), (" ".join(model_overrides), model_overrides))
+               if value]
     try:
         if ignored:
             raise ValueError(f"{', '.join(ignored)} cannot change a checkpoint's config (it is read from the "
-                             "checkpoint); only --dataset and --root choose what to evaluate on")
+                             "checkpoint); --dataset, --root and evaluation.* overrides choose how to evaluate")
         weights, config_dir = locate(Path(args.checkpoint))
         if not (config_dir / ckpt.CONFIG_FILE).exists():
             raise FileNotFoundError(f"no {ckpt.CONFIG_FILE} beside {weights} (looked in {config_dir})")
-        cfg = from_dict(RunConfig, ckpt.read_config(config_dir))
-    except (FileNotFoundError, ValueError) as exc:
+        cfg = build_run_config(overrides=args.overrides, base=ckpt.read_config(config_dir))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"reidbench eval: {exc}", file=sys.stderr)
         return 2
     # The model is rebuilt as trained (its classifier sizes come from the training set),

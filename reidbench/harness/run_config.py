@@ -70,6 +70,18 @@ class TrackingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Test-time options of the final test evaluation (model selection on the
+    validation split always uses plain features and distances)."""
+
+    flip: bool = False  # average each image's embedding with its mirror's (evaluate.flip_average)
+    rerank: bool = False  # k-reciprocal re-ranking (rerank.k_reciprocal_rerank) of image-to-image protocols
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+
+@dataclass
 class RunConfig:
     method: str = "clip_reid"
     preset: Literal["tiny", "paper"] = "tiny"
@@ -81,6 +93,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_name(self) -> str:

@@ -28,8 +28,9 @@ from torch import nn
 from ..datasets import ReidDataset, Sample, build_dataset
 from ..methods import Method, Stage, get_method
 from . import checkpoint as ckpt
-from .evaluate import rank_metrics_from_features, retrieval_metrics
-from .run_config import RunConfig, method_config, resolved_dict
+from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
+from .rerank import k_reciprocal_rerank
+from .run_config import EvalConfig, RunConfig, method_config, resolved_dict
 
 DEEPSPEED_DIR = "deepspeed"
 
@@ -187,36 +188,44 @@ class _StepModule(nn.Module):
 
 
 @torch.no_grad()
-def embed(method: Method, loader: Iterable[dict], device: torch.device, text: bool = False) -> Any:
+def embed(method: Method, loader: Iterable[dict], device: torch.device, text: bool = False,
+          flip: bool = False) -> Any:
     method.eval()
     chunks = []
     for batch in loader:
         batch = to_device(batch, device)
-        chunks.append(method.embed_text(batch) if text else method.embed_image(batch))
+        if text:
+            chunks.append(method.embed_text(batch))
+        else:
+            chunks.append(flip_average(method.embed_image, batch) if flip else method.embed_image(batch))
     if isinstance(chunks[0], dict):
         return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
     return torch.cat(chunks)
 
 
 def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample], protocol: str,
-                       cfg: RunConfig, image_size: tuple[int, int], device: torch.device) -> Any:
-    """Embed query and gallery with the method and score them with the evaluation engine."""
+                       cfg: RunConfig, image_size: tuple[int, int], device: torch.device,
+                       test_time: bool = False) -> Any:
+    """Embed query and gallery with the method and score them with the evaluation engine.
+    With ``test_time``, ``cfg.evaluation``'s flip averaging and re-ranking apply."""
     from ..datasets.loader import build_eval_loader, build_text_loader
 
     bs = cfg.data.eval_batch_size
-    gf = embed(method, build_eval_loader(gallery, image_size, bs), device)
+    options = cfg.evaluation if test_time else EvalConfig()
+    gf = embed(method, build_eval_loader(gallery, image_size, bs), device, flip=options.flip)
     if protocol == "t2i":
         qf = embed(method, build_text_loader(query, bs), device, text=True)
         return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery])
-    qf = embed(method, build_eval_loader(query, image_size, bs), device)
+    qf = embed(method, build_eval_loader(query, image_size, bs), device, flip=options.flip)
     own_distance = type(method).distance is not Method.distance
-    return rank_metrics_from_features(
-        qf, gf,
-        np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
-        np.array([s.camid for s in query]), np.array([s.camid for s in gallery]),
-        q_clothes=_clothes(query), g_clothes=_clothes(gallery),
-        protocol=protocol, metric=method.distance if own_distance else "cosine",
-    )
+    metric = method.distance if own_distance else "cosine"
+    labels = (np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
+              np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
+    if options.rerank:
+        reranked = k_reciprocal_rerank(qf, gf, options.k1, options.k2, options.lambda_value, metric=metric)
+        return reranked.rank_metrics(*labels, _clothes(query), _clothes(gallery), protocol=protocol)
+    return rank_metrics_from_features(qf, gf, *labels, q_clothes=_clothes(query), g_clothes=_clothes(gallery),
+                                      protocol=protocol, metric=metric)
 
 
 def _clothes(samples: list[Sample]) -> np.ndarray | None:
@@ -370,7 +379,7 @@ def stage_step_offset(stages: list[Stage], cfg: RunConfig, stage_index: int) -> 
 def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     """Every evaluation the dataset defines -> its RankResult (evaluated once, at the end)."""
     return {ev.name: evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
-                                        ev.protocol, cfg, prep.image_size, device)
+                                        ev.protocol, cfg, prep.image_size, device, test_time=True)
             for ev in prep.dataset.evaluations}
 
 
