@@ -39,10 +39,7 @@ def evaluate_untrained(args: argparse.Namespace) -> int:
     except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"reidbench eval: {exc}", file=sys.stderr)
         return 2
-    metrics = summarize_results(evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device))
-    print_metrics(f"{cfg.run_name} [untrained, backbone.pretrained={cfg.backbone.pretrained}] on {cfg.data.dataset}",
-                  metrics)
-    return 0
+    return _score(prep, cfg, f"untrained, backbone.pretrained={cfg.backbone.pretrained}")
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> int:
@@ -71,6 +68,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset or cfg.data.dataset,
                                         root=args.root if args.root else cfg.data.root))
         prep = replace(prep, dataset=build_dataset(cfg.data.dataset, cfg.data.root))
+    return _score(prep, cfg, str(weights))
+
+
+def _score(prep, cfg, what: str) -> int:
+    """Evaluate ``prep.method`` on every test protocol of ``prep.dataset`` and print the metrics."""
     metrics = summarize_results(evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device))
-    print_metrics(f"{cfg.run_name} [{weights}] on {cfg.data.dataset}", metrics)
+    print_metrics(f"{cfg.run_name} [{what}] on {cfg.data.dataset}", metrics)
     return 0
