@@ -159,20 +159,25 @@ def test_validation_split_mirrors_the_cross_camera_test_protocol():
     train = [Sample(f"{p:04d}_c{c}_{i}.jpg", pid=p, camid=c) for p in range(10) for c in range(1 + (p % 3 > 0))
              for i in range(3)]
     kept, query, gallery = split_validation(train, 0.5, seed=0)
-    held = {s.pid for s in query + gallery}
+    held = {s.pid for s in gallery}
     assert len(held) == 5
-    assert len(kept) + len(query) + len(gallery) == len(train)
+    assert len(kept) + len(gallery) == len(train)
     assert sorted({s.pid for s in kept}) == list(range(len({s.pid for s in kept})))
     two_camera = {p for p in held if p % 3}
-    # one query per (identity, camera), real camera ids, first image by path
-    assert sorted((s.pid, s.camid) for s in query) == sorted((p, c) for p in two_camera for c in (0, 1))
-    assert all(s.path.endswith("_0.jpg") for s in query)
-    # every query has a cross-camera positive, so the standard protocol keeps it
+    # leave-one-out: every image of a two-camera identity queries the whole held-out set
+    assert sorted(s.path for s in query) == sorted(s.path for s in gallery if s.pid in two_camera)
+    assert {(s.pid, s.camid) for s in query} == {(p, c) for p in two_camera for c in (0, 1)}
+    # every query has a cross-camera positive, so the standard protocol keeps it, and its
+    # own image (distance 0) is junk: with every other identity closer than its true
+    # matches, R1 must be 0, not the 100 a counted self-match would give
     pid = lambda xs: np.array([s.pid for s in xs])  # noqa: E731
     cam = lambda xs: np.array([s.camid for s in xs])  # noqa: E731
-    result = rank_metrics(np.random.default_rng(0).random((len(query), len(gallery))), pid(query), pid(gallery),
-                          cam(query), cam(gallery))
+    same = pid(query)[:, None] == pid(gallery)[None, :]
+    dist = np.where(same, 1.0, 0.5)
+    dist[np.array([[q.path == g.path for g in gallery] for q in query])] = 0.0
+    result = rank_metrics(dist, pid(query), pid(gallery), cam(query), cam(gallery))
     assert result.num_valid == len(query) > 0
+    assert result.summary()["R1"] == 0.0
 
     # no held-out identity seen by two cameras: fall back to camid -1 queries (nothing is junk)
     one_camera = [Sample(f"{p:04d}_{i}.jpg", pid=p, camid=0) for p in range(10) for i in range(3)]
@@ -196,3 +201,15 @@ def test_epochs_scale_stretches_the_whole_schedule():
     short = scale_schedule(stage, 0.25)
     assert (short.epochs, short.warmup_epochs, short.milestones) == (3, 0, (2, 3))
     assert scale_schedule(stage, 1.0) is stage
+
+
+def test_loader_workers_default_to_none_on_cpu_and_respect_a_request():
+    import torch
+
+    from reidbench.harness.trainer import loader_workers
+
+    assert loader_workers(None, torch.device("cpu")) == 0  # the matmuls already use every core
+    assert loader_workers(3, torch.device("cpu")) == 3
+    assert 0 <= loader_workers(None, torch.device("cuda", 0), world_size=1) <= 8
+    with pytest.raises(ValueError, match="data.num_workers must be >= 0"):
+        loader_workers(-1, torch.device("cpu"))

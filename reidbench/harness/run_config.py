@@ -32,7 +32,7 @@ class DataConfig:
     image_size: tuple[int, int] | None = None  # None: the backbone preset's input size
     p: int = 16  # identities per batch
     k: int = 4  # images per identity
-    num_workers: int = 2
+    num_workers: int | None = None  # DataLoader workers; None: trainer.loader_workers decides
     eval_batch_size: int = 128
     val_fraction: float = 0.1  # training identities held out for model selection (never the test split)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

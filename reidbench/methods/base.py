@@ -9,7 +9,12 @@ Batch dict keys the harness provides (tensors unless noted):
   clothes_id [B] long (-1 unknown); index [B] long (position in the split);
   mask [B,H,W] long part labels 0..5 (0 background) when the dataset has masks;
   parsing [B,H,W] long LIP labels when present; visible [B,5] bool part visibility;
+  has_mask, has_parsing [B] bool (False: that sample's map is zeros because the
+  dataset has none, not because every part is occluded);
   captions: list[str] (one caption per sample, "" when none).
+Label maps (mask, parsing, visible) are read only for methods that set
+``uses_masks``; for the others they are zeros with ``has_mask`` False (reading and
+augmenting them cost a third of the loader's time).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object
     tasks: ClassVar[tuple[str, ...]] = ("image",)  # dataset tasks it handles: "image" and/or "text"
+    uses_masks: ClassVar[bool] = False  # reads mask / parsing / visible (else the loader skips them)
     PRESETS: ClassVar[dict[str, dict]] = {}  # preset name -> config overrides ("tiny" for CPU; "paper")
 
     def __init__(self, config: Any, backbone: nn.Module, num_classes: int, num_cameras: int = 0) -> None:

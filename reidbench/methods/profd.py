@@ -515,6 +515,7 @@ class ProFD(Method):
     """Prompt-guided feature disentangling (see the module docstring)."""
 
     name = "profd"
+    uses_masks = True
     config_cls = ProFDConfig
     PRESETS = {"paper": ProFDConfig.preset("paper"), "tiny": ProFDConfig.preset("tiny")}
 
