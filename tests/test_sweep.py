@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reidbench.harness.tune import Trial, expand, param_grid
+from reidbench.harness.tune import Trial, expand, param_grid, sweep_parser
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +26,25 @@ def test_grid_expansion_names_and_overrides():
         "profd/m_g=0.2/synthetic_occluded/0", "profd/m_g=0.2/synthetic_occluded/1",
         "baseline/default/synthetic_occluded/0", "baseline/default/synthetic_occluded/1"]
     assert "params.m_g=0.1" in points[0]["overrides"] and "tracking.ablation=m_g=0.1" in points[0]["overrides"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "sweeps").glob("*.py")))
+@pytest.mark.parametrize("smoke", [True, False])
+def test_every_sweep_grid_point_is_a_valid_run_config(script, smoke):
+    """A misspelt or mistyped hyperparameter in a sweep script must fail here, not as
+    one errored trial per seed hours into a cluster sweep."""
+    import importlib.util
+
+    from reidbench.harness.run_config import build_run_config, method_config
+
+    spec = importlib.util.spec_from_file_location(script.removesuffix(".py"), REPO / "sweeps" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = sweep_parser("", "x").parse_args(["--smoke"] if smoke else [])
+    points = expand(module.trials(args), ["synthetic_occluded"], [0])
+    assert points and len({p["name"] for p in points}) == len(points)
+    for point in points:
+        method_config(build_run_config(overrides=point["overrides"]))
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
 
 # --smoke checks the machinery end to end in minutes: tiny preset, few epochs, a small
 # synthetic benchmark and an untrained tiny CLIP (no 5-minute pretraining first).
-SMOKE_OVERRIDES = ("preset=tiny", "optim.epochs_scale=0.15", "data.num_workers=0", "data.synthetic.ids=24",
+SMOKE_OVERRIDES = ("preset=tiny", "optim.epochs_scale=0.15", "data.synthetic.ids=24",
                    "backbone.pretrained=null")
 
 
