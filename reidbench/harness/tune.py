@@ -149,6 +149,9 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"base": base, "point": ray.tune.grid_search(points)},
+            # A reused trial actor has torch, transformers and the method modules imported
+            # already (about 9 s of a fresh process's start on 2 cores).
+            tune_config=ray.tune.TuneConfig(reuse_actors=True),
             run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=1,
                                           failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
         )
