@@ -315,8 +315,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         raise ValueError(f"data.p={cfg.data.p} identities per batch must divide evenly over {env.world_size} workers")
     # The global batch stays P x K whatever the worker count: each rank takes P / world identities.
     train_loader = build_train_loader(prep.train, prep.image_size, cfg.data.p // env.world_size, cfg.data.k, cfg.seed,
-                                      rank=env.rank, world_size=env.world_size, num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size),
-                                      with_masks=method.uses_masks)
+                                      rank=env.rank, world_size=env.world_size, with_masks=method.uses_masks,
+                                      num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size))
     final_metrics: dict[str, float] = {}
 
     def clean_batches() -> Iterable[dict]:
