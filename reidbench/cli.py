@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_data_check)
 
     pretrain = sub.add_parser("pretrain", help="contrastively pretrain the tiny CLIP on synthetic pairs (cached)")
-    from .backbones.pretrain import add_pretrain_arguments
+    from .backbones.pretrain_config import add_pretrain_arguments
 
     add_pretrain_arguments(pretrain)
     pretrain.set_defaults(func=_pretrain)

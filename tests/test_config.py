@@ -71,3 +71,16 @@ def test_flatten_and_diff():
     b = {"optim": {"lr": 2, "kind": "adam"}, "seed": 0, "new": 1}
     assert flatten(a) == {"optim.lr": 1, "optim.kind": "adam", "seed": 0}
     assert diff_keys(a, b) == ["new", "optim.lr"]
+
+
+def test_cli_help_does_not_import_torch():
+    """``reidbench --help`` and argument errors answer at once (0.3 s) instead of after
+    torch's and transformers' imports (3+ s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from reidbench.cli import build_parser; build_parser(); "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow') if m in sys.modules); "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -6,32 +6,26 @@ and the contrastive pretraining of the tiny CLIP on synthetic captions.
 ``reidbench pretrain --preset tiny``).
 """
 
-from .clip import (
-    CLIP_IMAGE_MEAN,
-    CLIP_IMAGE_STD,
-    PRESETS,
-    ClipPreset,
-    ImageFeatures,
-    PersonPatchEmbeddings,
-    PretrainedCLIPNotFound,
-    ReidCLIP,
-    build_clip,
-    check_pretrained_dir,
-    count_parameters,
-    get_preset,
-    interpolate_pos_embedding,
-    list_presets,
-)
-from .tokenizer import ClipTokenizer, cache_root, default_word_tokenizer, load_tokenizer, train_word_tokenizer
+# Names resolve on first use (PEP 562), so importing a light submodule such as
+# ``reidbench.backbones.pretrain_config`` (the CLI parser does) does not import torch.
+_EXPORTS = {
+    "clip": ("CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD", "PRESETS", "ClipPreset", "ImageFeatures", "PersonPatchEmbeddings",
+             "PretrainedCLIPNotFound", "ReidCLIP", "build_clip", "check_pretrained_dir", "count_parameters",
+             "get_preset", "interpolate_pos_embedding", "list_presets"),
+    "tokenizer": ("ClipTokenizer", "cache_root", "default_word_tokenizer", "load_tokenizer", "train_word_tokenizer"),
+    "pretrain_config": ("PretrainConfig",),
+    "pretrain": ("pretrain_tiny", "ensure_pretrained_tiny", "zero_shot_attribute_accuracy"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def __getattr__(name):
-    # pretrain pulls in the synthetic renderer; import it only when asked for.
-    if name in ("PretrainConfig", "pretrain_tiny", "ensure_pretrained_tiny", "zero_shot_attribute_accuracy"):
-        from . import pretrain
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(pretrain, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [

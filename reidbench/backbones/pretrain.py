@@ -47,7 +47,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .pretrain_config import PretrainConfig, add_pretrain_arguments, config_from_args  # noqa: F401
 from .clip import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, ReidCLIP, build_clip, get_preset
 from .tokenizer import cache_root, cached_directory, config_key, is_complete, synthetic_fingerprint
 
@@ -79,40 +80,6 @@ DEFAULT_PROMPTS: dict[str, tuple[str, ...]] = {
         "a person wearing a {} skirt",
     ),
 }
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """What defines a pretrained tiny CLIP (every field is in the cache key)."""
-
-    preset: str = "tiny"
-    n_images: int = 20000
-    seed: int = 0
-    image_size: tuple[int, int] = (128, 64)
-    batch_size: int = 128
-    steps: int | None = 300  # optimizer steps (about 5 minutes on 2 idle CPU cores) ...
-    minutes: float | None = None  # ... or a wall-clock training budget (exactly one of the two)
-    lr: float = 5e-4
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.05
-    hflip: bool = True
-    dedupe_captions: bool = True
-    heldout_images: int = 1000  # evaluation images from another seed (other identities)
-    heldout_seed: int = 100_003
-
-    def __post_init__(self) -> None:
-        if (self.steps is None) == (self.minutes is None):
-            raise ValueError(f"PretrainConfig needs exactly one budget, steps or minutes (got steps={self.steps}, "
-                             f"minutes={self.minutes})")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be positive, got {self.steps}")
-        if self.minutes is not None and self.minutes <= 0:
-            raise ValueError(f"minutes must be positive, got {self.minutes}")
-        if self.batch_size < 2 or self.n_images < self.batch_size:
-            raise ValueError(f"need 2 <= batch_size <= n_images, got batch_size={self.batch_size}, n_images={self.n_images}")
-
-    def budget(self) -> str:
-        return f"{self.minutes:g} min" if self.minutes is not None else f"{self.steps} steps"
 
 
 # -------------------------------------------------------------- cache key ---
@@ -415,34 +382,6 @@ def format_report(record: dict) -> str:
 
 
 # --------------------------------------------------------------------- CLI ---
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    defaults = PretrainConfig()
-    parser.add_argument("--preset", default="tiny", choices=["tiny"],
-                        help="which CLIP to pretrain (synthetic pretraining exists for 'tiny')")
-    parser.add_argument("--force", action="store_true", help="pretrain again even if the cache holds this config")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None,
-                        help=f"optimizer steps (default {defaults.steps}: about 5 minutes on 2 idle CPU cores)")
-    budget.add_argument("--minutes", type=float, default=None,
-                        help="a wall-clock training budget instead of --steps (faster machines then train longer)")
-    parser.add_argument("--images", type=int, default=defaults.n_images, help="synthetic image-caption pairs")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--cache-dir", default=None, help="cache root (default $REIDBENCH_CACHE or ~/.cache/reidbench)")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    return PretrainConfig(
-        preset=args.preset,
-        n_images=args.images,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        steps=None if args.minutes is not None else (args.steps if args.steps is not None else PretrainConfig.steps),
-        minutes=args.minutes,
-    )
-
-
 def run_pretrain(args: argparse.Namespace) -> int:
     """``reidbench pretrain``: pretrain (or find in the cache) and print the held-out metrics and the path."""
     cfg = config_from_args(args)
