@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,3 +100,6 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
     assert all("test/standard/mAP" in r.data.metrics for r in runs)
     board = tmp_path / "leaderboard" / "killed"
     assert any(board.glob("*.csv")), "the sweep writes its leaderboard"
+    # where the trials' time went is reported (seconds outside training and evaluation)
+    assert re.search(r"\[sweep\] per-trial overhead .*: mean \d+\.\d s, max \d+\.\d s over \d+ trials",
+                     resumed.stdout), resumed.stdout[-3000:]

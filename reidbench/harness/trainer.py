@@ -353,9 +353,11 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             metrics = {f"train/{k}": v for k, v in sums.items()}
             metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})
             if is_last and prep.val_query and env.is_main:
+                t_val = time.perf_counter()
                 val = evaluate_retrieval(method, prep.val_query, prep.val_gallery, "standard", cfg,
                                          prep.image_size, env.device).summary()
                 metrics.update({f"val/{k}": v for k, v in val.items()})
+                metrics["val_seconds"] = time.perf_counter() - t_val
                 if val["mAP"] > state["best"]["score"]:
                     state["best"] = {"score": val["mAP"], "stage": stage_index, "epoch": epoch}
                     best_path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,8 +385,9 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     if env.is_main:
         if best_path.exists() and state["best"]["epoch"] >= 0:
             ckpt.load_weights(method, best_path)
+        t_test = time.perf_counter()
         results = evaluate_test(method, prep, cfg, env.device)
-        final_metrics = {**final_metrics, **summarize_results(results)}
+        final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
             env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},

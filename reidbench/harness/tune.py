@@ -72,25 +72,33 @@ def _yaml(value) -> str:
 
 
 def _trial_trainable(config: dict) -> None:
-    """A Tune trial: one ``train_run``, reporting every epoch and the final test metrics."""
+    """A Tune trial: one ``train_run``, reporting every epoch and the final test metrics,
+    and where the trial's time went: ``trial_seconds`` (imports included),
+    ``train_loop_seconds`` and ``overhead_seconds`` (what is neither training nor
+    validation nor the test evaluation: imports, data and model set-up, MLflow, Tune's
+    reporting). A multi-worker trial reports its epochs through Ray Train, so only its
+    ``trial_seconds`` is known here."""
+    started = time.perf_counter()
     import ray.tune
 
     from .api import train_run
     from .run_config import build_run_config
 
-    started = time.perf_counter()
     cfg = build_run_config(overrides=[*config["base"], *config["point"]["overrides"]])
-    loop_seconds = 0.0
+    spent = {"epoch_seconds": 0.0, "val_seconds": 0.0}
 
     def report(metrics: dict) -> None:
-        nonlocal loop_seconds
-        loop_seconds += metrics.get("epoch_seconds", 0.0)
+        for key in spent:
+            spent[key] += metrics.get(key, 0.0)
         ray.tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     metrics = train_run(cfg, resume=True, on_epoch=report, in_tune=True)
     final = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     final["trial_seconds"] = time.perf_counter() - started
-    final["train_loop_seconds"] = loop_seconds
+    if spent["epoch_seconds"] > 0:
+        final["train_loop_seconds"] = spent["epoch_seconds"]
+        final["overhead_seconds"] = (final["trial_seconds"] - spent["epoch_seconds"] - spent["val_seconds"]
+                                     - final.get("test_seconds", 0.0))
     ray.tune.report(final)
 
 
@@ -212,6 +220,10 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     results = run_sweep(points, base, args.experiment, args.output_dir, resume=args.resume,
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
     errors = [r for r in results if r.error]
+    overheads = [r.metrics["overhead_seconds"] for r in results if r.metrics and "overhead_seconds" in r.metrics]
+    if overheads:
+        print(f"[sweep] per-trial overhead (neither training nor evaluation): "
+              f"mean {sum(overheads) / len(overheads):.1f} s, max {max(overheads):.1f} s over {len(overheads)} trials")
     out = args.leaderboard or str(Path(args.output_dir) / "leaderboard" / args.experiment)
     write_sweep_leaderboard(args.experiment, sweep_base(base, args.experiment, args.output_dir), out)
     if errors:
