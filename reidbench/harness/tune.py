@@ -132,6 +132,7 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 1):
     """Run (or, with ``resume``, continue) a sweep; return Tune's ResultGrid."""
     import ray.tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from .run_config import build_run_config
     from .tracking import client_for, experiment_id, tracking_uri
@@ -160,7 +161,10 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
             # A reused trial actor has torch, transformers and the method modules imported
             # already (about 9 s of a fresh process's start on 2 cores).
             tune_config=ray.tune.TuneConfig(reuse_actors=True),
+            # Of Tune's automatic loggers only the JSON one (the CSV and TensorBoard ones are
+            # off): ResultGrid reads each trial's metrics back from result.json.
             run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=1,
+                                          callbacks=[JsonLoggerCallback()],
                                           failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
         )
     return tuner.fit()
