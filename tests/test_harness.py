@@ -51,6 +51,8 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
                                                                                    "market1501", "0"}
     assert run.data.params["data.p"] == "4" and run.data.params["method"] == "baseline"
     assert any(k.startswith("params.") for k in run.data.params), "the method's resolved params are logged"
+    # dist.use_gpu / optim.amp default to "CUDA if there is one": the run logs what it ran on.
+    assert (run.data.params["dist.use_gpu"], run.data.params["optim.amp"]) == ("False", "False")
     assert "train/loss" in run.data.metrics and "val/mAP" in run.data.metrics and "lr" in run.data.metrics
     assert run.data.metrics["test/standard/mAP"] == pytest.approx(first["test/standard/mAP"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

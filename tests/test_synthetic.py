@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -149,7 +150,20 @@ def test_same_seed_same_bytes_regardless_of_workers_and_other_seed_differs(tmp_p
     a = tree_digest(Path(S.synthesize(tmp_path / "a", seed=5, workers=1, **kw)["market"]).parent)
     b = tree_digest(Path(S.synthesize(tmp_path / "b", seed=5, workers=2, **kw)["market"]).parent)
     c = tree_digest(Path(S.synthesize(tmp_path / "c", seed=6, workers=1, **kw)["market"]).parent)
-    assert a == b
+    # From a thread (as in a Ray Tune trial) the pool spawns instead of forking: same bytes.
+    folders, methods = {}, []
+
+    def in_thread():
+        methods.append(S._pool_context().get_start_method())
+        folders.update(S.synthesize(tmp_path / "d", seed=5, workers=2, **kw))
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "generation from a thread must not hang"
+    assert methods == ["spawn"]
+    d = tree_digest(Path(folders["market"]).parent)
+    assert a == b == d
     jpgs = {k: v for k, v in a.items() if k.endswith(".jpg")}
     assert len(jpgs) >= 20
     assert not set(jpgs.values()) & {v for k, v in c.items() if k.endswith(".jpg")}

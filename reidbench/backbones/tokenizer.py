@@ -37,6 +37,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..cache import cache_root
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 COMPLETE_MARKER = ".complete"
@@ -46,15 +48,6 @@ WORD_TOKENIZER_VERSION = 1
 
 
 # ---------------------------------------------------------------- cache ---
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The reidbench cache: ``cache_dir`` if given, else ``$REIDBENCH_CACHE``, else
-    ``~/.cache/reidbench``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("REIDBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "reidbench"
-
-
 def config_key(payload: dict) -> str:
     """Short stable hash of a JSON-serialisable config (sorted keys)."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)

@@ -71,6 +71,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -765,10 +766,16 @@ def _render_chunk(job: tuple) -> list[tuple[str, str, int, dict | None]]:
 
 
 def _pool_context():
-    # fork: workers inherit the imported modules instantly and need no importable __main__;
-    # the work is pure numpy/PIL, so the usual fork-with-threads hazards do not apply.
+    """fork where it is safe, spawn elsewhere.
+
+    fork starts workers instantly (they inherit the imported modules). It is safe only from a
+    single-threaded process: a lock another thread holds at the fork stays locked in the
+    child forever. A Ray Tune trial (run in a thread of an actor that has several) hung that
+    way in the pool's teardown, so any other Python thread alive means spawn, which costs
+    each worker ~0.3 s to import this torch-free module."""
+    single = threading.current_thread() is threading.main_thread() and threading.active_count() == 1
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return multiprocessing.get_context("fork" if single and "fork" in methods else "spawn")
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> Iterable[list[dict]]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from ..cache import cache_root
 from .registry import build_dataset, register_dataset
 from .records import ReidDataset
 
@@ -35,17 +35,13 @@ DEFAULT_GENERATION = {"ids": 150, "seed": 0, "mask_noise": 0.0, "difficulty": DE
                       "image_size": [128, 64]}
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("REIDBENCH_CACHE", Path.home() / ".cache" / "reidbench"))
-
-
 def synthetic_root(flavor: str, generation: dict | None = None) -> Path:
     """The folder holding the generated ``flavor`` benchmark (generating it if missing)."""
     from .synthetic import synthesize
 
     params = {**DEFAULT_GENERATION, **(generation or {})}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    out = cache_dir() / "synthetic" / key
+    out = cache_root() / "synthetic" / key
     written = synthesize(out, flavor=flavor, ids=params["ids"], seed=params["seed"], mask_noise=params["mask_noise"],
                          difficulty=params["difficulty"], image_size=tuple(params["image_size"]))
     return Path(written[flavor])

@@ -16,15 +16,31 @@ from . import checkpoint as ckpt
 from .distributed import LocalStore, launch_ray, latest_ray_checkpoint, ray_run_name
 from .run_config import RunConfig, resolved_dict
 from .tracking import MlflowTracker, close_run, open_run
-from .trainer import WorkerEnv, fit
+from .trainer import WorkerEnv, fit, local_device, settle_device
 
 # Keys that may change between a run and its resumption without changing its result.
-RESUME_FREE_KEYS = ("data.num_workers", "data.eval_batch_size", "tracking.tracking_uri")
+RESUME_FREE_KEYS = ("data.num_workers", "data.eval_batch_size", "tracking.tracking_uri", "dist.use_gpu",
+                    "optim.compile")
 
 
 def uses_ray(cfg: RunConfig) -> bool:
     """One DDP worker runs in-process; more workers, or DeepSpeed, need a Ray Train worker group."""
     return cfg.dist.workers > 1 or cfg.dist.strategy == "deepspeed"
+
+
+def resolve_device(cfg: RunConfig) -> RunConfig:
+    """``dist.use_gpu`` and ``optim.amp`` settled before the run is logged, so MLflow records
+    what it ran on: an in-process run uses this process's CUDA device if any; a Ray worker
+    group uses GPUs if the Ray cluster it joins has them (this machine's, before Ray starts)."""
+    use = cfg.dist.use_gpu
+    if not uses_ray(cfg):
+        use = local_device(use).type == "cuda"
+    elif use is None:
+        import ray
+        import torch
+
+        use = ray.cluster_resources().get("GPU", 0) > 0 if ray.is_initialized() else torch.cuda.is_available()
+    return settle_device(cfg, bool(use))
 
 
 def checkpoint_folder(cfg: RunConfig) -> Path:
@@ -61,6 +77,7 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
     """Train and evaluate one run; return its final metrics (``test/<protocol>/<metric>`` among
     them) and ``run_id``. ``on_epoch`` sees each epoch's metrics (in-process runs); inside a
     Tune trial (``in_tune``) a worker group reports to Tune through ``TuneReportCallback``."""
+    cfg = resolve_device(cfg)
     resolved = resolved_dict(cfg)
     existing = latest_checkpoint(cfg)
     if resume and existing is not None:
@@ -75,8 +92,8 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
         if uses_ray(cfg):
             metrics = launch_ray(cfg, resolved, uri, run_id, in_tune=in_tune)
         else:
-            env = WorkerEnv(store=LocalStore(checkpoint_folder(cfg)), tracker=MlflowTracker(uri, run_id),
-                            progress=progress, on_epoch=on_epoch)
+            env = WorkerEnv(device=local_device(cfg.dist.use_gpu), store=LocalStore(checkpoint_folder(cfg)),
+                            tracker=MlflowTracker(uri, run_id), progress=progress, on_epoch=on_epoch)
             metrics = fit(cfg, env)
         status = "FINISHED"
     except KeyboardInterrupt:

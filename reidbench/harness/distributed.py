@@ -109,11 +109,12 @@ def deepspeed_engine(step_module, stage, cfg: RunConfig):
 
 def _worker_loop(config: dict) -> None:
     import ray.train
+    import ray.train.torch
 
     cfg = from_dict(RunConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device("cuda", ctx.get_local_rank()) if cfg.dist.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if cfg.dist.use_gpu else torch.device("cpu")
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 else None
     env = WorkerEnv(rank=rank, world_size=world, device=device, store=RayStore(rank), tracker=tracker)
     metrics = fit(cfg, env)

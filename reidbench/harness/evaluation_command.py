@@ -12,7 +12,7 @@ from ..datasets import build_dataset
 from . import checkpoint as ckpt
 from .commands import print_metrics, run_config_from_args
 from .run_config import build_run_config
-from .trainer import evaluate_test, prepare, summarize_results
+from .trainer import evaluate_test, local_device, prepare, summarize_results
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -73,6 +73,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def _score(prep, cfg, what: str) -> int:
     """Evaluate ``prep.method`` on every test protocol of ``prep.dataset`` and print the metrics."""
-    metrics = summarize_results(evaluate_test(prep.method, prep, cfg, prep.method.backbone.logit_scale.device))
+    device = local_device(None)  # CUDA where there is one, whatever the checkpoint trained on
+    metrics = summarize_results(evaluate_test(prep.method.to(device), prep, cfg, device))
     print_metrics(f"{cfg.run_name} [{what}] on {cfg.data.dataset}", metrics)
     return 0

@@ -195,6 +195,24 @@ def loader_workers(requested: int | None, device: torch.device, world_size: int 
     return max(0, min(8, cores // max(world_size, 1) - 1))
 
 
+def local_device(use_gpu: bool | None) -> torch.device:
+    """This process's device for ``dist.use_gpu``: true needs CUDA, None takes it when present."""
+    if use_gpu and not torch.cuda.is_available():
+        raise RuntimeError("dist.use_gpu=true, but torch sees no CUDA device here (torch.cuda.is_available() is "
+                           f"False, torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); set dist.use_gpu=false or "
+                           "leave it unset to train on the CPU")
+    if use_gpu is False or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def settle_device(cfg: RunConfig, use_gpu: bool) -> RunConfig:
+    """``cfg`` with ``dist.use_gpu`` decided and ``optim.amp`` unset (None) turned on exactly on GPU."""
+    amp = use_gpu if cfg.optim.amp is None else cfg.optim.amp
+    return replace(cfg, dist=replace(cfg.dist, use_gpu=use_gpu), optim=replace(cfg.optim, amp=amp))
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -298,6 +316,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     """Train ``cfg`` from scratch or from the latest checkpoint in ``env.store``; return final metrics."""
     from ..datasets.loader import build_eval_loader, build_train_loader
 
+    cfg = settle_device(cfg, env.device.type == "cuda")
     seed_everything(cfg.seed)
     prep = prepare(cfg)
     method = prep.method.to(env.device)
@@ -421,6 +440,10 @@ def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerE
     if env.world_size > 1 and cfg.dist.strategy == "deepspeed":
         from .distributed import deepspeed_engine
 
+        if cfg.optim.compile != "eager":
+            raise ValueError(f"optim.compile={cfg.optim.compile} is not applied under dist.strategy=deepspeed; "
+                             "set optim.compile=eager or use dist.strategy=ddp")
+
         engine = deepspeed_engine(_StepModule(method), stage, cfg)
         return engine, engine.optimizer, engine
     optimizer = build_optimizer(method, stage)
@@ -430,6 +453,8 @@ def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerE
 
         module = DistributedDataParallel(module, find_unused_parameters=True,
                                          device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if cfg.optim.compile != "eager":
+        module = torch.compile(module, mode=None if cfg.optim.compile == "default" else cfg.optim.compile)
     return module, optimizer, None
 
 

@@ -129,8 +129,11 @@ def close_stale_runs(base: list[str]) -> int:
 
 
 def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: str, resume: bool = False,
-              cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_failures: int = 1):
-    """Run (or, with ``resume``, continue) a sweep; return Tune's ResultGrid."""
+              cpus_per_trial: float = 1.0, gpus_per_trial: float | None = None, max_failures: int = 1):
+    """Run (or, with ``resume``, continue) a sweep; return Tune's ResultGrid.
+
+    ``gpus_per_trial=None``: one GPU per trial when the Ray cluster has GPUs and trials train
+    in-process (one DDP worker), else none (a multi-worker trial's TorchTrainer asks for its own)."""
     import ray.tune
     from ray.tune.logger import JsonLoggerCallback
 
@@ -144,6 +147,12 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
     experiment_id(client_for(tracking_uri(cfg)), experiment)  # created before any trial starts
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     connect_ray()
+    if gpus_per_trial is None:
+        from .api import uses_ray
+
+        gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and not uses_ray(cfg) else 0.0
+        print(f"[sweep] {gpus_per_trial:g} GPU(s) per trial (the cluster has "
+              f"{ray.cluster_resources().get('GPU', 0):g}); --gpus-per-trial sets it")
     trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = str(out / experiment / "tune")
     path = Path(storage) / experiment
@@ -193,7 +202,8 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
     p.add_argument("--preset", choices=["tiny", "paper"], default=None)
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --smoke: 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="default: 1 if the Ray cluster has GPUs and trials run one worker each, else 0")
     p.add_argument("--leaderboard", default=None, help="write the leaderboard CSV/Markdown here afterwards")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
     return p
