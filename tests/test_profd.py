@@ -258,6 +258,31 @@ def test_memory_bank_momentum_update_every_sample_and_hardest():
     assert torch.equal(frozen.features, start)
 
 
+def test_memory_bank_update_equals_the_sequential_per_sample_loop_on_a_pk_batch():
+    """The batched update (rounds of distinct identities) is Eq. 15's loop over samples."""
+    torch.manual_seed(0)
+    start = F.normalize(torch.randn(10, 8), dim=1)
+    labels = torch.tensor([3, 7, 3, 1, 7, 3, 9, 1, 3, 7, 0, 0])  # repeats, interleaved, uneven counts
+    x = torch.randn(len(labels), 8)
+    bank = MemoryBank(10, 8, momentum=0.3)
+    bank.features.copy_(start)
+    bank.update(x, labels)
+    expected = start.clone()
+    for feature, y in zip(F.normalize(x, dim=1), labels.tolist()):
+        expected[y] = F.normalize(0.3 * expected[y] + 0.7 * feature, dim=0)
+    assert torch.allclose(bank.features, expected, atol=1e-6)
+
+    hard = MemoryBank(10, 8, momentum=0.3, update="hardest")
+    hard.features.copy_(start)
+    hard.update(x, labels)
+    expected = start.clone()
+    for y in labels.unique().tolist():
+        rows = (labels == y).nonzero().flatten()
+        pick = rows[(F.normalize(x[rows], dim=1) @ start[y]).argmin()]
+        expected[y] = F.normalize(0.3 * start[y] + 0.7 * F.normalize(x[pick], dim=0), dim=0)
+    assert torch.allclose(hard.features, expected, atol=1e-6)
+
+
 def test_pcl_loss_is_cross_entropy_over_cosines_to_the_bank_before_the_update():
     bank = MemoryBank(3, 2, momentum=0.5)
     bank.initialise(torch.tensor([[1.0, 0], [0, 1.0], [-1.0, 0]]), torch.tensor([0, 1, 2]))

@@ -47,9 +47,11 @@ class BackboneConfig:
 
 @dataclass
 class OptimConfig:
-    amp: bool | None = None  # bf16 autocast; None: on with CUDA (2.3-2.5x at vit-b16 on an H100), off on CPU (3-7x slower there)
-    # torch.compile of the training step: "reduce-overhead" (CUDA graphs) doubled vit-b16 steps on an
-    # H100, where eager steps wait on kernel launches; compiling costs 40-90 s once per stage. Not under DeepSpeed.
+    # bf16 autocast; None: on with CUDA (2.3-2.5x the fp32 steps at vit-b16 on an H100), off on
+    # CPU (where it made steps 3-7x slower).
+    amp: bool | None = None
+    # torch.compile of the training step (README, Performance): "reduce-overhead" (CUDA graphs)
+    # doubled eager bf16 vit-b16 steps on an H100; 40-90 s to compile per stage. Not under DeepSpeed.
     compile: Literal["eager", "default", "reduce-overhead", "max-autotune"] = "eager"
     grad_accum: int = 1
     grad_clip: float | None = None

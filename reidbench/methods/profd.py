@@ -283,23 +283,30 @@ class MemoryBank(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """Eq. 15 / 17: ``K[y] <- m K[y] + (1 - m) x`` on L2-normalised ``x``, row
-        renormalised; every sample in order, or once per identity with its
-        hardest (least similar) sample."""
+        renormalised; every sample in batch order, or once per identity with its
+        hardest (least similar) sample.
+
+        The result is the sequential per-sample loop's, computed in rounds: an identity's
+        samples apply in batch order, different identities do not interact, so round ``r``
+        applies every identity's ``r``-th sample at once (K rounds for a P x K batch instead
+        of P x K tiny steps, each a host sync on a GPU)."""
         x = F.normalize(_all_gather(x.detach().float()), dim=1)
-        labels = _all_gather(labels.detach())
-        m = self.momentum
+        labels = _all_gather(labels.detach()).long()
+        if labels.numel() == 0:
+            return
         if self.update_rule == "hardest":
-            picks = []
-            for y in labels.unique():
-                rows = (labels == y).nonzero().flatten()
-                picks.append(rows[(x[rows] @ self.features[y]).argmin()])
-            order = torch.stack(picks)
-        else:
-            order = torch.arange(labels.numel(), device=labels.device)
-        for i in order.tolist():
-            y = int(labels[i])
-            row = m * self.features[y] + (1.0 - m) * x[i]
-            self.features[y] = F.normalize(row, dim=0)
+            similarity = (x * self.features[labels]).sum(1)
+            by_similarity = similarity.argsort(stable=True)
+            grouped = by_similarity[labels[by_similarity].argsort(stable=True)]  # by identity, least similar first
+            first = torch.ones_like(grouped, dtype=torch.bool)
+            first[1:] = labels[grouped][1:] != labels[grouped][:-1]
+            x, labels = x[grouped[first]], labels[grouped[first]]
+        m = self.momentum
+        earlier = (labels[:, None] == labels[None, :]).tril(-1).sum(1)  # same-identity samples before each
+        for r in range(int(earlier.max()) + 1):
+            now = earlier == r
+            ys = labels[now]
+            self.features[ys] = F.normalize(m * self.features[ys] + (1.0 - m) * x[now], dim=1)
 
     def extra_repr(self) -> str:
         c, d = self.features.shape
