@@ -6,7 +6,7 @@
 
 import sys
 
-from reidbench.harness.tune import Trial, ablation_grid, param_grid, sweep_main
+from reidbench.harness.tune import LAST_EPOCH, Trial, ablation_grid, param_grid, sweep_main
 
 MOMENTA = (0.1, 0.2, 0.5, 0.9, 0.99)
 
@@ -35,4 +35,4 @@ def trials(args) -> list[Trial]:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(trials, ["synthetic_occluded"], __doc__.splitlines()[0], "ablation_profd"))
+    sys.exit(sweep_main(trials, ["synthetic_occluded"], __doc__.splitlines()[0], "ablation_profd", defaults=LAST_EPOCH))

@@ -9,7 +9,7 @@ around the defaults (lambda = gamma = 1, L = 4, M = 2), the others fixed.
 
 import sys
 
-from reidbench.harness.tune import Trial, ablation_grid, param_grid, sweep_main
+from reidbench.harness.tune import LAST_EPOCH, Trial, ablation_grid, param_grid, sweep_main
 
 LAMBDAS = (0.1, 0.5, 1.0, 2.0, 5.0)
 GAMMAS = (0.1, 0.5, 1.0, 2.0)
@@ -35,4 +35,4 @@ def trials(args) -> list[Trial]:
 
 
 if __name__ == "__main__":
-    sys.exit(sweep_main(trials, ["synthetic_occluded"], __doc__.splitlines()[0], "ablation_scing"))
+    sys.exit(sweep_main(trials, ["synthetic_occluded"], __doc__.splitlines()[0], "ablation_scing", defaults=LAST_EPOCH))

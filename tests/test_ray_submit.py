@@ -458,6 +458,9 @@ def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
             assert run.data.tags.get("sweep") == EXPERIMENT, run.data.tags
             test_metrics = [k for k in run.data.metrics if k.startswith("test/") and k.endswith(("/R1", "/mAP"))]
             assert test_metrics, f"{run.info.run_name} logged no test metrics: {sorted(run.data.metrics)}"
+            # the ProFD sweep keeps the last epoch (tune.LAST_EPOCH), so no validation split
+            assert float(run.data.params["data.val_fraction"]) == 0.0, run.data.params["data.val_fraction"]
+            assert not any(k.startswith("val/") for k in run.data.metrics), sorted(run.data.metrics)
         assert not (cluster.output_dir / "mlflow.db").exists(), "the sweep fell back to SQLite: MLFLOW_TRACKING_URI lost"
 
         # The leaderboard, written on the head (this machine's home).
