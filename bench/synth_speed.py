@@ -10,10 +10,11 @@ Target on the 2-core reference machine: >= 1,000 images/s at 128x64.
 and prints milliseconds per image for each step: drawing (``render_spec``), the JPEG,
 the two label-map PNGs, the per-image RNG, the texts, and writing the three files
 under ``--out``. On 2026-11-23 (market, difficulty 0.5), in ms per image: render
-1.60-1.67, JPEG 0.22, PNGs 0.11-0.12, RNG 0.07, texts 0.02, three writes 0.15-0.52
-(the disk varies); 2.26 in all, 444 images/s for one worker. A whole worker chunk
-(``_render_chunk``, with the records and JSON) took 3.11 ms per image on the disk and
-2.44 on /dev/shm. Two workers at 1,000 images/s need 2 ms per image.
+1.60-2.36, JPEG 0.22-0.32, PNGs 0.11-0.17, RNG 0.07-0.19, texts 0.02, three writes
+0.15-4.96 (the disk and the host varied within one hour); 2.26 in all at best, 444
+images/s for one worker. A whole worker chunk (``_render_chunk``, with the records and
+JSON) took 2.0 ms per image on /dev/shm once warm. Two workers at 1,000 images/s need
+2 ms per image each, and a parent that costs nothing.
 """
 
 import argparse
