@@ -6,12 +6,12 @@ import torch
 from reidbench.harness.run_config import build_run_config
 from reidbench.harness.trainer import WorkerEnv, local_device, settle_device, wrap_for_training
 
-no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's behaviour")
-
-
-@no_cuda
-def test_use_gpu_defaults_to_the_cpu_here_and_true_without_cuda_is_a_clear_error():
-    assert local_device(None) == torch.device("cpu") and local_device(False) == torch.device("cpu")
+def test_use_gpu_unset_takes_cuda_when_present_and_true_without_cuda_is_a_clear_error():
+    assert local_device(False) == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert local_device(None).type == "cuda" and local_device(True).type == "cuda"
+        return
+    assert local_device(None) == torch.device("cpu")
     with pytest.raises(RuntimeError, match=r"dist.use_gpu=true, but torch sees no CUDA device"):
         local_device(True)
 

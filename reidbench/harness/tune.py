@@ -150,9 +150,10 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
     if gpus_per_trial is None:
         from .api import uses_ray
 
-        gpus_per_trial = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and not uses_ray(cfg) else 0.0
-        print(f"[sweep] {gpus_per_trial:g} GPU(s) per trial (the cluster has "
-              f"{ray.cluster_resources().get('GPU', 0):g}); --gpus-per-trial sets it")
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        gpus_per_trial = 1.0 if cluster_gpus > 0 and not uses_ray(cfg) else 0.0
+        print(f"[sweep] {gpus_per_trial:g} GPU(s) per trial (the cluster has {cluster_gpus:g}); "
+              "--gpus-per-trial sets it")
     trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = str(out / experiment / "tune")
     path = Path(storage) / experiment
