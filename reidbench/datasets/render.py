@@ -23,6 +23,7 @@ Identity cues that are not colours exist on purpose: body proportions
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -57,7 +58,8 @@ COLOUR_RGB = {
     "green": (0.14, 0.58, 0.20), "blue": (0.15, 0.32, 0.82), "purple": (0.50, 0.20, 0.64),
     "pink": (0.97, 0.56, 0.72), "brown": (0.46, 0.28, 0.14), "khaki": (0.76, 0.69, 0.46),
 }
-_COLOUR_ARRAYS = {k: np.asarray(v, dtype=np.float32) for k, v in COLOUR_RGB.items()}
+_PALETTE = np.array(list(COLOUR_RGB.values()), dtype=np.float32)
+_PALETTE_INDEX = {name: j for j, name in enumerate(COLOUR_RGB)}
 UPPER_COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink")
 LOWER_COLOURS = ("black", "grey", "white", "blue", "brown", "green", "red", "khaki")
 SHOES_COLOURS = ("black", "white", "brown", "grey", "red", "blue")
@@ -311,6 +313,12 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return g
 
 
+@functools.lru_cache(maxsize=None)
+def _offsets(h: int, w: int, stride: int) -> np.ndarray:
+    """Flat offsets of an h x w box in a row-major map with row length ``stride``."""
+    return np.arange(h)[:, None] * stride + np.arange(w)[None, :]
+
+
 class Fill:
     """Colour of a garment/skin region, evaluated only at the painted pixels.
 
@@ -327,35 +335,38 @@ class Fill:
         self.pattern, self.period, self.y_ref, self.x_ref = pattern, max(float(period), 2.0), y_ref, x_ref
         self.split_y, self.shade = split_y, shade
 
-    def colours(self, ym: np.ndarray, xm: np.ndarray) -> np.ndarray:
-        """Unshaded colours at pixel rows ``ym`` and columns ``xm`` (1-D arrays)."""
-        if self.pattern == "plain" or self.c2 is None:
-            return np.broadcast_to(self.c1, (ym.shape[0], 3))
+    def second(self, ym: np.ndarray, xm: np.ndarray) -> np.ndarray:
+        """Where a patterned fill shows ``c2``, at pixel rows ``ym`` (a column) and columns ``xm`` (a row).
+
+        Stripes and checks are parities of the cell index along an axis, so most
+        patterns are computed on the row or column alone and broadcast.
+        """
         if self.pattern == "striped":
-            sel = np.floor((ym - self.y_ref) / self.period) % 2 == 1
-        elif self.pattern == "vstriped":
-            sel = np.floor((xm - self.x_ref) / self.period) % 2 == 1
-        elif self.pattern == "checked":
-            sel = (np.floor((ym - self.y_ref) / self.period) + np.floor((xm - self.x_ref) / self.period)) % 2 == 1
-        elif self.pattern == "two-tone":
-            sel = ym >= self.split_y
-        elif self.pattern == "noise":  # occluder texture: two-colour blotches from a coarse hash
-            sel = (np.floor(ym / self.period) * 7 + np.floor(xm / self.period) * 13) % 5 < 2
-        else:
-            raise ValueError(f"unknown fill pattern {self.pattern!r}")
-        return np.where(sel[:, None], self.c2, self.c1)
+            return (np.floor((ym - self.y_ref) / self.period).astype(np.int64) & 1) == 1
+        if self.pattern == "vstriped":
+            return (np.floor((xm - self.x_ref) / self.period).astype(np.int64) & 1) == 1
+        if self.pattern == "checked":
+            return (np.floor((ym - self.y_ref) / self.period).astype(np.int64) & 1) != (
+                np.floor((xm - self.x_ref) / self.period).astype(np.int64) & 1)
+        if self.pattern == "two-tone":
+            return ym >= self.split_y
+        if self.pattern == "noise":  # occluder texture: two-colour blotches from a coarse hash
+            return (np.floor(ym / self.period) * 7 + np.floor(xm / self.period) * 13) % 5 < 2
+        raise ValueError(f"unknown fill pattern {self.pattern!r}")
 
 
 class Painter:
     """Rasterises primitives into a primitive-code map; colours and labels resolve in one pass.
 
-    Painting a primitive writes one float per covered pixel, ``code = id +
-    min(rel2, 0.999)``: its id (later primitives overwrite earlier ones:
-    painter's algorithm) packed with its squared normalised distance from the
-    axis (for shading), by ``np.copyto(where=mask)`` on its bounding box.
-    Capsules (most primitives) are queued and their masks computed in one
-    batch. ``resolve`` then looks every pixel's fill, LIP label and part label
-    up in per-primitive tables. Per-primitive work is a few numpy calls: the
+    Painting a primitive gives each pixel it covers the code ``id +
+    min(rel2, 0.999)``: its id packed with its squared normalised distance
+    from the axis (for shading). Ids grow in painting order, so the painter's
+    algorithm (later primitives cover earlier ones) is the maximum code per
+    pixel, and pending primitives composite in any order: capsules (most
+    primitives) are evaluated in one padded batch and scattered with one
+    ``np.maximum.at``, the rest with one ``np.maximum`` on their boxes.
+    ``resolve`` then looks every pixel's fill, LIP label and part label up in
+    per-primitive tables. Per-primitive work is a few numpy calls: the
     renderer is bound by call overhead, not by pixels.
 
     With ``labels_on`` False, primitives are drawn with label 0 (background):
@@ -368,16 +379,18 @@ class Painter:
         self.cast = np.asarray(cast, dtype=np.float32)  # the camera's colour cast, applied to every fill
         self.h, self.w = img.shape[:2]
         self.Y, self.X = _grid(self.h, self.w)
-        # id + shading packed in one map: value = primitive id + min(rel2, 0.999) (one copy per primitive)
-        self.code = np.zeros((self.h, self.w), dtype=np.float32)
+        # max over primitives of id + min(rel2, 0.999), with margins below and to the right that a
+        # capsule's padded box spills into (see ``_eval_capsules``)
+        self._canvas = np.zeros((2 * self.h, 2 * self.w), dtype=np.float32)
+        self.code = self._canvas[:self.h, :self.w]
         self.window = [self.h, 0, self.w, 0]  # rows/cols touched so far (y0, y1, x0, x1)
         self.fills: list[Fill] = []
         self._fill_index: dict[int, int] = {}
         self.prims: list[tuple[int, int, int]] = [(0, BG, BG)]  # (fill index, LIP label, part label); 0 = none
         self.labels_on = True
         self.bands = (-1e9, 1e9)  # elbow line, hip line
-        self._cmds: list = []  # (primitive id, box, mask or None for a full rectangle, rel2)
-        self._caps: list = []  # capsules awaiting batch evaluation
+        self._cmds: list = []  # (box, codes: id + rel2 inside the primitive, 0 outside; or the id of a rectangle)
+        self._caps: list = []  # capsules awaiting batch evaluation: (id, box, ay, ax, by, bx, r)
 
     def set_rows(self, elbow_y: float, hip_y: float) -> None:
         """Row bands for torso garments (part label ``_ROWS``): ProFD splits the torso at elbow height."""
@@ -411,38 +424,40 @@ class Painter:
         return a, b, c, d
 
     def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
-        """Queue a primitive; ``rel2`` becomes its packed code (id + min(rel2, 0.999)) in place."""
+        """Queue a primitive; ``rel2`` becomes its codes (id + min(rel2, 0.999) inside ``mask``, 0 outside)."""
         np.minimum(rel2, 0.999, out=rel2)
         if part_label != _ROWS or not self.labels_on:
-            k = self._new(fill, lip_label, part_label)
-            rel2 += k
-            self._cmds.append((k, box, mask, rel2))
-            return
-        # one primitive per row band, each a row slice of the same mask
-        y0, y1, x0, x1 = box
-        edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
-        for (a, b), part in zip(zip(edges[:-1], edges[1:]), (P_UPPER, P_LOWER, P_LEGS)):
-            if b > a:
-                k = self._new(fill, lip_label, part)
-                band = rel2[a - y0:b - y0]
-                band += k
-                self._cmds.append((k, (a, b, x0, x1), mask[a - y0:b - y0], band))
+            rel2 += self._new(fill, lip_label, part_label)
+        else:  # one primitive per row band
+            y0, y1 = box[0], box[1]
+            edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
+            for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
+                if b > a:
+                    rel2[a - y0:b - y0] += self._new(fill, lip_label, part)
+        rel2 *= mask
+        self._cmds.append((box, rel2))
+
+    def _touch(self, box) -> None:
+        """Grow the window of touched rows and columns by ``box``."""
+        win = self.window
+        if box[0] < win[0]:
+            win[0] = box[0]
+        if box[1] > win[1]:
+            win[1] = box[1]
+        if box[2] < win[2]:
+            win[2] = box[2]
+        if box[3] > win[3]:
+            win[3] = box[3]
 
     def flush(self) -> None:
-        """Rasterise the pending primitives into the id and shading maps, in painting order."""
-        self._eval_capsules()
+        """Composite the pending primitives into the code map."""
+        if self._caps:
+            self._eval_capsules()
         code = self.code
-        if not self._cmds:
-            return
-        for k, (y0, y1, x0, x1), mask, rel2 in self._cmds:
-            if mask is None:  # rectangle
-                code[y0:y1, x0:x1] = k
-            else:
-                np.copyto(code[y0:y1, x0:x1], rel2, where=mask)
-        boxes = np.array([c[1] for c in self._cmds])
-        win = self.window
-        win[0], win[1] = min(win[0], int(boxes[:, 0].min())), max(win[1], int(boxes[:, 1].max()))
-        win[2], win[3] = min(win[2], int(boxes[:, 2].min())), max(win[3], int(boxes[:, 3].max()))
+        for box, codes in self._cmds:
+            region = code[box[0]:box[1], box[2]:box[3]]
+            np.maximum(region, codes, out=region)
+            self._touch(box)
         self._cmds = []
 
     def capsule(self, a, b, r, fill: Fill, lip_label: int, part_label: int) -> None:
@@ -456,23 +471,22 @@ class Painter:
             box = self._box(by - r, ay + r, (ax if ax < bx else bx) - r, (bx if ax < bx else ax) + r)
         if box is None:
             return
-        k = self._new(fill, lip_label, part_label)
-        self._cmds.append((k, box, None, None))
-        self._caps.append((len(self._cmds) - 1, box, ay, ax, by, bx, r))
+        self._touch(box)
+        self._caps.append((self._new(fill, lip_label, part_label), *box, ay, ax, by, bx, r))
 
     def _eval_capsules(self) -> None:
-        """Masks of all pending capsules at once, each in its own box padded to the largest box.
+        """Codes of all pending capsules at once, each in its own box padded to the largest box.
 
         Distance to the segment: with u the unit direction, proj = (p-a).u and
-        t = clip(proj, 0, L), d^2 = |p-a|^2 + t (t - 2 proj).
+        t = clip(proj, 0, L), d^2 = |p-a|^2 + t (t - 2 proj). A padded box
+        reaches past its capsule's box by less than the image size, so with
+        the canvas' margins it never wraps round onto another pixel: outside
+        the image the codes land in the margins, inside they are 0 (the
+        capsule does not reach there) and the maximum leaves the map as is.
         """
-        caps = self._caps
-        if not caps:
-            return
-        arr = np.array([(c[1][0], c[1][2], c[1][1] - c[1][0], c[1][3] - c[1][2], c[2], c[3], c[4], c[5], c[6])
-                        for c in caps], dtype=np.float32)
-        y0, x0, hs, ws, ay, ax, by, bx, r = arr.T
-        hmax, wmax = int(hs.max()), int(ws.max())
+        k, y0, y1, x0, x1, ay, ax, by, bx, r = np.array(self._caps, dtype=np.float32).T
+        self._caps = []
+        hmax, wmax = int((y1 - y0).max()), int((x1 - x0).max())
         dy, dx = by - ay, bx - ax
         length = np.sqrt(dy * dy + dx * dx)
         inv = 1.0 / np.maximum(length, 1e-6)
@@ -487,14 +501,13 @@ class Painter:
         proj += ya * ya
         proj += xa * xa
         proj *= (1.0 / (r * r))[col]
-        mask = proj <= 1.0
-        ks = np.array([self._cmds[c[0]][0] for c in caps], dtype=np.float32)
+        inside = proj <= 1.0
         np.minimum(proj, 0.999, out=proj)
-        proj += ks[col]  # packed code: primitive id + shading (see ``code``)
-        for j, (ci, box, *_rest) in enumerate(caps):
-            h, w = box[1] - box[0], box[3] - box[2]
-            self._cmds[ci] = (self._cmds[ci][0], box, mask[j, :h, :w], proj[j, :h, :w])
-        self._caps = []
+        proj += k[col]
+        proj *= inside
+        stride = self._canvas.shape[1]
+        flat = (y0 * stride + x0).astype(np.intp)[col] + _offsets(hmax, wmax, stride)
+        np.maximum.at(self._canvas.reshape(-1), flat.reshape(-1), proj.reshape(-1))
 
     def trapezoid(self, yt, yb, cxt, cxb, hwt, hwb, fill: Fill, lip_label: int, part_label: int) -> None:
         """Rows ``yt..yb``; centre and half-width interpolate linearly from top to bottom."""
@@ -528,9 +541,7 @@ class Painter:
         box = self._box(y0, y1 - 1, x0, x1 - 1)
         if box is None:
             return
-        by0, by1, bx0, bx1 = box
-        k = self._new(fill, lip_label, part_label)
-        self._cmds.append((k, box, None, None))
+        self._cmds.append((box, self._new(fill, lip_label, part_label)))
 
     def body_mask(self) -> np.ndarray:
         """Pixels currently showing a labelled body primitive."""
@@ -553,20 +564,20 @@ class Painter:
         code = self.code[y0:y1, x0:x1]
         ids = code.astype(np.uint8)
         tables = np.array(self.prims, dtype=np.uint8)  # columns: fill, LIP, part
-        lip[y0:y1, x0:x1] = np.take(tables[:, 1], ids)
-        part[y0:y1, x0:x1] = np.take(tables[:, 2], ids)
-        fidx = np.take(tables[:, 0], ids)
-        c1 = np.stack([f.c1 for f in self.fills]) * self.cast
-        cols = np.take(c1, fidx, axis=0)
-        for k, f in enumerate(self.fills):
-            if f.pattern == "plain" or f.c2 is None:
-                continue
-            sel = fidx == k
-            if not sel.any():
-                continue
-            ys, xs = self.Y[y0:y1, x0:x1][sel], self.X[y0:y1, x0:x1][sel]
-            cols[sel] = f.colours(ys, xs) * self.cast
-        shade = np.take(np.asarray([f.shade for f in self.fills], dtype=np.float32), fidx)
+        lip[y0:y1, x0:x1] = tables[:, 1].take(ids)
+        part[y0:y1, x0:x1] = tables[:, 2].take(ids)
+        fidx = tables[:, 0].take(ids)
+        # colour table: c1 of every fill, then c2 (index + n) where a patterned fill shows it
+        fills = self.fills
+        n = len(fills)
+        c2 = [f.c1 if f.c2 is None else f.c2 for f in fills]
+        colours = np.array([f.c1 for f in fills] + c2) * self.cast
+        for k, f in enumerate(fills):
+            if f.pattern != "plain" and f.c2 is not None:
+                sel = f.second(self.Y[y0:y1, :1], self.X[:1, x0:x1]) & (fidx == k)
+                np.copyto(fidx, k + n, where=sel)
+        cols = colours.take(fidx, axis=0)
+        shade = np.array([f.shade for f in fills] * 2, dtype=np.float32).take(fidx)
         shade *= code - ids  # rel2, clipped at 0.999
         np.subtract(1.0, shade, out=shade)
         cols *= shade[..., None]
@@ -593,20 +604,22 @@ class FigureColours:
 
 def figure_colours(ident: Identity, outfit: Outfit, rng: np.random.Generator, difficulty: float) -> FigureColours:
     """Nominal colours with the outfit's fixed tint and a per-image fading jitter (grows with difficulty)."""
-    jit = rng.uniform(1.0 - 0.12 * difficulty, 1.0 + 0.08 * difficulty, size=5)
-
-    def c(name, k, tint=1.0):
-        return np.minimum(_COLOUR_ARRAYS[name] * np.float32(tint * jit[k]), 1.0)
-
+    jit = rng.uniform(1.0 - 0.12 * difficulty, 1.0 + 0.08 * difficulty, size=5).tolist()
     u, lo, sh = outfit.tint
+    o = outfit
+    names = [o.upper_colour, o.upper_colour2, o.lower_colour, o.lower_colour2, o.shoes_colour, o.bag_colour]
+    scale = [u * jit[0], u * jit[0], lo * jit[1], lo * jit[1], sh * jit[2], jit[4]]
+    if o.hat != "none":
+        names.append(o.hat)
+        scale.append(jit[3])
+    rgb = _PALETTE.take([_PALETTE_INDEX[n] for n in names], axis=0)
+    rgb *= np.array(scale, dtype=np.float32)[:, None]
+    np.minimum(rgb, 1.0, out=rgb)
     return FigureColours(
         skin=np.asarray(ident.skin_rgb, dtype=np.float32),
         hair=np.asarray(ident.hair_rgb, dtype=np.float32),
-        upper=c(outfit.upper_colour, 0, u), upper2=c(outfit.upper_colour2, 0, u),
-        lower=c(outfit.lower_colour, 1, lo), lower2=c(outfit.lower_colour2, 1, lo),
-        shoes=c(outfit.shoes_colour, 2, sh),
-        hat=None if outfit.hat == "none" else c(outfit.hat, 3),
-        bag=c(outfit.bag_colour, 4),
+        upper=rgb[0], upper2=rgb[1], lower=rgb[2], lower2=rgb[3], shoes=rgb[4], bag=rgb[5],
+        hat=rgb[6] if o.hat != "none" else None,
     )
 
 
@@ -940,8 +953,8 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
         bank = _noise_bank(h, w)
         oy, ox = int(oy * h), int(ox * w)
         out += bank[oy:oy + h, ox:ox + w] * np.float32(255.0 * cam.noise)
-    np.clip(out, 0.0, 255.0, out=out)
-    pil = Image.fromarray(out.astype(np.uint8))
+    out.clip(0.0, 255.0, out=out)
+    pil = Image.frombuffer("RGB", (w, h), out.astype(np.uint8), "raw", "RGB", 0, 1)
     if cam.lowres > 1.05:
         small = (max(int(round(w / cam.lowres)), 4), max(int(round(h / cam.lowres)), 8))
         pil = pil.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
