@@ -375,9 +375,9 @@ class Painter:
     """
 
     def __init__(self, img: np.ndarray, cast=(1.0, 1.0, 1.0)):
-        self.img = img
+        self.img = img  # float RGB, channels first (3, H, W): per-pixel factors broadcast over channels cheaply
         self.cast = np.asarray(cast, dtype=np.float32)  # the camera's colour cast, applied to every fill
-        self.h, self.w = img.shape[:2]
+        self.h, self.w = img.shape[1:]
         self.Y, self.X = _grid(self.h, self.w)
         # max over primitives of id + min(rel2, 0.999), with margins below and to the right that a
         # capsule's padded box spills into (see ``_eval_capsules``)
@@ -424,18 +424,19 @@ class Painter:
         return a, b, c, d
 
     def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
-        """Queue a primitive; ``rel2`` becomes its codes (id + min(rel2, 0.999) inside ``mask``, 0 outside)."""
-        np.minimum(rel2, 0.999, out=rel2)
+        """Queue a primitive with codes id + min(rel2, 0.999) inside ``mask`` and 0 outside
+        (``rel2``, the shading, broadcasts against ``mask``: a row or a column is enough)."""
         if part_label != _ROWS or not self.labels_on:
-            rel2 += self._new(fill, lip_label, part_label)
+            ids = self._new(fill, lip_label, part_label)
         else:  # one primitive per row band
             y0, y1 = box[0], box[1]
+            ids = np.empty((y1 - y0, 1), dtype=np.float32)
             edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
             for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
                 if b > a:
-                    rel2[a - y0:b - y0] += self._new(fill, lip_label, part)
-        rel2 *= mask
-        self._cmds.append((box, rel2))
+                    ids[a - y0:b - y0] = self._new(fill, lip_label, part)
+        codes = np.minimum(rel2, 0.999) + ids
+        self._cmds.append((box, codes * mask))
 
     def _touch(self, box) -> None:
         """Grow the window of touched rows and columns by ``box``."""
@@ -518,7 +519,7 @@ class Painter:
             return
         y0, y1, x0, x1 = box
         t = (np.arange(y0, y1, dtype=np.float32)[:, None] - yt) * (1.0 / (yb - yt))
-        rel = (self.X[y0:y1, x0:x1] - (cxt + t * (cxb - cxt))) / np.maximum(hwt + t * (hwb - hwt), 0.5)
+        rel = (self.X[:1, x0:x1] - (cxt + t * (cxb - cxt))) / np.maximum(hwt + t * (hwb - hwt), 0.5)
         rel *= rel
         self._paint(box, rel <= 1.0, rel, fill, lip_label, part_label)
 
@@ -528,7 +529,7 @@ class Painter:
         if box is None:
             return
         y0, y1, x0, x1 = box
-        yy, xx = self.Y[y0:y1, x0:x1], self.X[y0:y1, x0:x1]
+        yy, xx = self.Y[y0:y1, :1], self.X[:1, x0:x1]  # a column and a row: everything below broadcasts
         u, v = np.abs(xx - cx) * (1.0 / a), np.abs(yy - cy) * (1.0 / b)
         u2 = u * u
         s = u2 + v * v if p == 2.0 else u ** p + v ** p
@@ -550,7 +551,7 @@ class Painter:
         return np.take(table, self.code.astype(np.uint8)).astype(bool)
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Colour the painted pixels into ``img``; return (img, lip, part).
+        """Colour the painted pixels into ``img``; return (img, lip, part), ``img`` channels first.
 
         Works on the window of rows/columns that primitives touched, with
         ``np.take`` lookups (fancy indexing costs several times more here).
@@ -567,22 +568,21 @@ class Painter:
         lip[y0:y1, x0:x1] = tables[:, 1].take(ids)
         part[y0:y1, x0:x1] = tables[:, 2].take(ids)
         fidx = tables[:, 0].take(ids)
-        # colour table: c1 of every fill, then c2 (index + n) where a patterned fill shows it
+        # colour table (channels first): c1 of every fill, then c2 (index + n) where a patterned fill shows it
         fills = self.fills
         n = len(fills)
         c2 = [f.c1 if f.c2 is None else f.c2 for f in fills]
-        colours = np.array([f.c1 for f in fills] + c2) * self.cast
+        colours = (np.array([f.c1 for f in fills] + c2) * self.cast).T
         for k, f in enumerate(fills):
             if f.pattern != "plain" and f.c2 is not None:
                 sel = f.second(self.Y[y0:y1, :1], self.X[:1, x0:x1]) & (fidx == k)
                 np.copyto(fidx, k + n, where=sel)
-        cols = colours.take(fidx, axis=0)
+        cols = colours.take(fidx, axis=1)
         shade = np.array([f.shade for f in fills] * 2, dtype=np.float32).take(fidx)
         shade *= code - ids  # rel2, clipped at 0.999
         np.subtract(1.0, shade, out=shade)
-        cols *= shade[..., None]
-        img = self.img[y0:y1, x0:x1]
-        np.copyto(img, cols, where=(ids > 0)[..., None])
+        cols *= shade
+        np.copyto(self.img[:, y0:y1, x0:x1], cols, where=ids > 0)
         return self.img, lip, part
 
 
@@ -743,7 +743,7 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
     sy0, sy1 = int(max(feet_y - 0.02 * F, 0)), int(min(feet_y + 0.02 * F, p.h - 1)) + 1
     sx0, sx1 = int(max(cx - 0.2 * F, 0)), int(min(cx + 0.2 * F, p.w - 1)) + 1
     if sy1 > sy0 and sx1 > sx0:
-        p.img[sy0:sy1, sx0:sx1] *= 0.75
+        p.img[:, sy0:sy1, sx0:sx1] *= 0.75
 
     # -- paint, back to front
     for near, lip_arm, sh, el, wr in arms:
@@ -907,44 +907,47 @@ def _noise_bank(h: int, w: int) -> np.ndarray:
     """
     bank = _NOISE_BANKS.get((h, w))
     if bank is None:
-        bank = _NOISE_BANKS[(h, w)] = np.random.default_rng(0x5EED).standard_normal((2 * h, 2 * w, 3), dtype=np.float32)
+        bank = np.random.default_rng(0x5EED).standard_normal((2 * h, 2 * w, 3), dtype=np.float32)
+        bank = _NOISE_BANKS[(h, w)] = np.ascontiguousarray(bank.transpose(2, 0, 1))  # channels first
     return bank
 
 
 def camera_background(cam: Camera, height: int, width: int, difficulty: float) -> np.ndarray:
-    """The camera's scene with its colour cast already applied (``render`` expects this).
+    """The camera's scene with its colour cast already applied, channels first (what ``render`` expects).
 
     Casting the cached scene once per camera, and the few fill colours per
     image, is much cheaper than multiplying every pixel of every image.
     """
     bg = make_background(cam.background_seed, height, width, difficulty)
-    return bg * np.asarray(cam.cast, dtype=np.float32)
+    return np.ascontiguousarray((bg * np.asarray(cam.cast, dtype=np.float32)).transpose(2, 0, 1))
 
 
 def _blur121(a: np.ndarray) -> np.ndarray:
-    """One separable [1, 2, 1] / 4 pass over rows and columns, edges replicated (adds variance 1/2 px^2)."""
-    p = np.concatenate((a[:1], a, a[-1:]), axis=0)
-    out = p[:-2] + p[2:]
-    out += p[1:-1] * 2.0
-    p = np.concatenate((out[:, :1], out, out[:, -1:]), axis=1)
+    """One separable [1, 2, 1] / 4 pass over the rows and columns of a (C, H, W) image, edges replicated
+    (adds variance 1/2 px^2)."""
+    p = np.concatenate((a[:, :1], a, a[:, -1:]), axis=1)
     out = p[:, :-2] + p[:, 2:]
     out += p[:, 1:-1] * 2.0
+    p = np.concatenate((out[:, :, :1], out, out[:, :, -1:]), axis=2)
+    out = p[:, :, :-2] + p[:, :, 2:]
+    out += p[:, :, 1:-1] * 2.0
     out *= 0.0625
     return out
 
 
 def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficulty: float) -> Image.Image:
-    """Illumination (gain, vertical gradient, contrast), blur, sensor noise, resolution loss.
+    """Illumination (gain, vertical gradient, contrast), blur, sensor noise, resolution loss; an RGBX image.
 
-    ``img`` already carries the camera's colour cast (see ``camera_background``
-    and ``Painter``). Blur is n = round(2 sigma^2) passes of a [1,2,1]/4
-    kernel (each adds variance 1/2), sigma = ``cam.blur`` scaled with height.
+    ``img`` (float RGB in [0, 1], channels first) already carries the camera's
+    colour cast (see ``camera_background`` and ``Painter``). Blur is n =
+    round(2 sigma^2) passes of a [1,2,1]/4 kernel (each adds variance 1/2),
+    sigma = ``cam.blur`` scaled with height.
     """
-    h, w = img.shape[:2]
+    h, w = img.shape[1:]
     z, oy, ox = rng.random(3).tolist()
     gain = cam.gain * (1.0 + 0.06 * difficulty * (2.0 * z - 1.0) * math.sqrt(3.0)) * cam.contrast * 255.0
     rows = (1.0 + cam.vgrad * (np.arange(h, dtype=np.float32) / h - 0.5)) * np.float32(gain)
-    out = img * rows[:, None, None]
+    out = img * rows[:, None]
     out += np.float32(255.0 * 0.5 * (1.0 - cam.contrast) + 0.5)
     sigma = cam.blur * h / 128.0
     for _ in range(int(round(2.0 * sigma * sigma))):
@@ -952,9 +955,13 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     if cam.noise > 0:
         bank = _noise_bank(h, w)
         oy, ox = int(oy * h), int(ox * w)
-        out += bank[oy:oy + h, ox:ox + w] * np.float32(255.0 * cam.noise)
+        out += bank[:, oy:oy + h, ox:ox + w] * np.float32(255.0 * cam.noise)
     out.clip(0.0, 255.0, out=out)
-    pil = Image.frombuffer("RGB", (w, h), out.astype(np.uint8), "raw", "RGB", 0, 1)
+    # RGBX (RGB and a pad byte) is PIL's own layout of RGB: the image wraps this array without a copy
+    rgbx = np.zeros((h, w, 4), dtype=np.uint8)
+    for c in range(3):
+        rgbx[:, :, c] = out[c]
+    pil = Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)
     if cam.lowres > 1.05:
         small = (max(int(round(w / cam.lowres)), 4), max(int(round(h / cam.lowres)), 8))
         pil = pil.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
@@ -1127,7 +1134,7 @@ def corrupt_masks(part: np.ndarray, lip: np.ndarray, noise: float, rng: np.rando
 
 @dataclass
 class Rendered:
-    image: Image.Image
+    image: Image.Image  # mode RGBX: RGB with an unused pad byte (``np.asarray(image)[..., :3]`` is the RGB)
     part: np.ndarray
     lip: np.ndarray
     info: dict
@@ -1145,9 +1152,9 @@ def render(height: int, width: int, ident: Identity, outfit: Outfit, pose: Pose,
     renders a bad detection (Market's pid -1): the figure is zoomed and
     shifted so that only a fragment is in frame.
     """
-    bh, bw = background.shape[:2]
+    bh, bw = background.shape[1:]
     oy, ox = rng.integers(0, (bh - height + 1, bw - width + 1)).tolist()
-    p = Painter(background[oy:oy + height, ox:ox + width].copy(), cam.cast)
+    p = Painter(background[:, oy:oy + height, ox:ox + width].copy(), cam.cast)
     col = figure_colours(ident, outfit, rng, difficulty)
     F = min(height * cam.scale * ident.height_ratio * pose.scale, 0.98 * height)
     top = 0.5 * (height - F) + pose.dy

@@ -149,6 +149,17 @@ def _rng(seed: int, stream: int, namespace: int, index: int = 0) -> np.random.Ge
                                                 key=[int(seed), (int(stream) << 32) | int(namespace)]))
 
 
+def _rekey(rng: np.random.Generator, seed: int, stream: int, namespace: int, index: int = 0) -> np.random.Generator:
+    """Turn ``rng`` (from ``_rng``, its remaining draws no longer wanted) into ``_rng(seed, stream,
+    namespace, index)`` in place: setting a Philox state costs a quarter of building a generator."""
+    rng.bit_generator.state = {
+        "bit_generator": "Philox",
+        "state": {"counter": np.array([0, 0, 0, index], dtype=np.uint64),
+                  "key": np.array([seed, (stream << 32) | namespace], dtype=np.uint64)},
+        "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    return rng
+
+
 # --------------------------------------------------------------------------- the world
 
 
@@ -728,9 +739,10 @@ def _write(path: str, data: bytes) -> None:
 
 
 def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
-    """Baseline JPEG at ``quality`` (4:2:0, no optimisation): the bytes ``image.save(fp, "JPEG",
-    quality=quality)`` writes, from PIL's encoder directly, which skips 40 % of ``save``'s time."""
-    return image.tobytes("jpeg", image.mode, quality)
+    """Baseline JPEG of an RGB or RGBX image at ``quality`` (4:2:0, no optimisation): the bytes
+    ``image.save(fp, "JPEG", quality=quality)`` writes, from PIL's encoder directly, which skips 40 %
+    of ``save``'s time."""
+    return image.tobytes("jpeg", "RGB", quality)
 
 
 def _render_chunk(job: tuple) -> list[tuple[str, str, int, dict | None]]:
@@ -738,8 +750,9 @@ def _render_chunk(job: tuple) -> list[tuple[str, str, int, dict | None]]:
     cfg, flavor_ns, dset, specs, pedes = job
     world = _world(cfg)
     records = []
+    rng = _rng(cfg.seed, _S_IMAGE, flavor_ns)
     for spec in specs:
-        rng = _rng(cfg.seed, _S_IMAGE, flavor_ns, spec.index)  # render, then text, from one stream
+        _rekey(rng, cfg.seed, _S_IMAGE, flavor_ns, spec.index)  # the image's stream: render, then text
         res, attrs = render_spec(world, flavor_ns, spec, rng)
         cam = world.camera(flavor_ns, spec.camera)
         part, lip = res.part, res.lip
@@ -942,7 +955,7 @@ def _pretrain_chunk(job: tuple) -> tuple[np.ndarray, list[str], list[dict]]:
                          camera=int(plan_rng.integers(NUM_CAMERAS["pretrain"])), p_occluded=0.15)
         rng = _rng(cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
         res, attrs = render_spec(world, _PRETRAIN_NS, spec, rng)
-        images.append(np.asarray(res.image))
+        images.append(np.asarray(res.image)[..., :3])
         scgi, ids, clothes, pedes_styles = world.texts(_PRETRAIN_NS, k, _PRETRAIN_NS, spec.outfit)
         style = int(rng.integers(6))  # 2/6 SCGI template, 1/6 CUHK-PEDES style, 1/6 per description style
         if style <= 1:
