@@ -347,7 +347,7 @@ def scgi_caption_variants(i: R.Identity, o: R.Outfit) -> list[str]:
 
 
 def _pick(options: list[str], rng: np.random.Generator) -> str:
-    return options[int(rng.integers(len(options)))]
+    return options[int(rng.random() * len(options))]  # a third of rng.integers' cost
 
 
 def scgi_caption(i: R.Identity, o: R.Outfit, rng: np.random.Generator) -> str:
@@ -534,15 +534,19 @@ class _Planner:
         self.rng = _rng(seed, _S_PLAN, self.ns)
         self.specs: list[ImageSpec] = []
         self.p_change = 0.3 * difficulty
+        self._wardrobes: dict[int, tuple[list[int], bool]] = {}
 
     def wardrobe(self, k: int) -> tuple[list[int], bool]:
-        return wardrobe(self.seed, self.ns, k, self.n_ids, self.d)
+        w = self._wardrobes.get(k)
+        if w is None:
+            w = self._wardrobes[k] = wardrobe(self.seed, self.ns, k, self.n_ids, self.d)
+        return w
 
     def outfit_for(self, k: int, slot: int | None = None) -> tuple[int, int, bool]:
         """(outfit id, slot, uniform); slot None draws primary vs an alternate with p_change."""
         outfits, uni = self.wardrobe(k)
         if slot is None:
-            slot = 0 if self.rng.random() >= self.p_change else 1 + int(self.rng.integers(OUTFITS_PER_ID - 1))
+            slot = 0 if self.rng.random() >= self.p_change else 1 + int(self.rng.random() * (OUTFITS_PER_ID - 1))
         return outfits[slot], slot, uni and slot == 0
 
     def add(self, **kw) -> ImageSpec:
@@ -567,7 +571,8 @@ def _market_like(pl: _Planner, duke: bool) -> list[ImageSpec]:
         if duke:
             return f"{pid:04d}_c{cam}_f{idx + 1:07d}.jpg"
         pid_s = "-1" if pid == -1 else f"{pid:04d}"
-        return f"{pid_s}_c{cam}s{1 + int(rng.integers(6))}_{idx + 1:06d}_{1 + int(rng.integers(3)):02d}.jpg"
+        sequence, box = rng.random(2).tolist()
+        return f"{pid_s}_c{cam}s{1 + int(6 * sequence)}_{idx + 1:06d}_{1 + int(3 * box):02d}.jpg"
 
     def person_images(k: int, split: str):
         max_cams = min(n_cams, pl.ipi // 2) if split == "test" else n_cams
