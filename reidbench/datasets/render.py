@@ -558,28 +558,26 @@ class Painter:
         ``np.take`` lookups (fancy indexing costs several times more here).
         """
         self.flush()
-        lip = np.zeros((self.h, self.w), dtype=np.uint8)
-        part = np.zeros((self.h, self.w), dtype=np.uint8)
+        all_ids = self.code.astype(np.uint8)
+        tables = np.array(self.prims, dtype=np.uint8).T  # rows: fill, LIP label, part label of each primitive
+        lip, part = tables[1].take(all_ids), tables[2].take(all_ids)
         y0, y1, x0, x1 = self.window
         if y1 <= y0:
             return self.img, lip, part
-        code = self.code[y0:y1, x0:x1]
-        ids = code.astype(np.uint8)
-        tables = np.array(self.prims, dtype=np.uint8)  # columns: fill, LIP, part
-        lip[y0:y1, x0:x1] = tables[:, 1].take(ids)
-        part[y0:y1, x0:x1] = tables[:, 2].take(ids)
-        fidx = tables[:, 0].take(ids)
-        # colour table (channels first): c1 of every fill, then c2 (index + n) where a patterned fill shows it
+        code, ids = self.code[y0:y1, x0:x1], all_ids[y0:y1, x0:x1]
+        fidx = tables[0].take(ids)
+        # columns r, g, b, shade: c1 of every fill, then c2 (index + n) where a patterned fill shows it
         fills = self.fills
         n = len(fills)
-        c2 = [f.c1 if f.c2 is None else f.c2 for f in fills]
-        colours = (np.array([f.c1 for f in fills] + c2) * self.cast).T
+        table = np.array([(*f.c1, f.shade) for f in fills]
+                         + [(*(f.c1 if f.c2 is None else f.c2), f.shade) for f in fills], dtype=np.float32)
+        table[:, :3] *= self.cast
         for k, f in enumerate(fills):
             if f.pattern != "plain" and f.c2 is not None:
                 sel = f.second(self.Y[y0:y1, :1], self.X[:1, x0:x1]) & (fidx == k)
                 np.copyto(fidx, k + n, where=sel)
-        cols = colours.take(fidx, axis=1)
-        shade = np.array([f.shade for f in fills] * 2, dtype=np.float32).take(fidx)
+        values = table.T.take(fidx, axis=1)  # (4, H, W), channels first
+        cols, shade = values[:3], values[3]
         shade *= code - ids  # rel2, clipped at 0.999
         np.subtract(1.0, shade, out=shade)
         cols *= shade
@@ -896,21 +894,23 @@ def make_background(seed: int, height: int, width: int, difficulty: float) -> np
     return np.clip(canvas, 0.0, 1.0).astype(np.float32)
 
 
-_NOISE_BANKS: dict[tuple[int, int], np.ndarray] = {}
-
-
-def _noise_bank(h: int, w: int) -> np.ndarray:
-    """Fixed standard-normal noise twice the image size; images take random crops of it.
+@functools.lru_cache(maxsize=64)
+def _noise_bank(h: int, w: int, scale: float) -> np.ndarray:
+    """Fixed standard-normal noise twice the image size times ``scale``, channels first; images
+    take random crops of it.
 
     Drawing 3*H*W normals per image costs more than the rest of the camera
     model; a crop at a random offset is as good for sensor noise and keeps
     every image a deterministic function of its own random stream.
     """
-    bank = _NOISE_BANKS.get((h, w))
-    if bank is None:
-        bank = np.random.default_rng(0x5EED).standard_normal((2 * h, 2 * w, 3), dtype=np.float32)
-        bank = _NOISE_BANKS[(h, w)] = np.ascontiguousarray(bank.transpose(2, 0, 1))  # channels first
-    return bank
+    bank = np.random.default_rng(0x5EED).standard_normal((2 * h, 2 * w, 3), dtype=np.float32)
+    return np.ascontiguousarray(bank.transpose(2, 0, 1)) * np.float32(scale)
+
+
+@functools.lru_cache(maxsize=16)
+def _ramp(h: int) -> np.ndarray:
+    """Row position in [-0.5, 0.5) (the vertical illumination gradient's variable)."""
+    return np.arange(h, dtype=np.float32) / h - 0.5
 
 
 def camera_background(cam: Camera, height: int, width: int, difficulty: float) -> np.ndarray:
@@ -939,7 +939,7 @@ def _blur121(a: np.ndarray) -> np.ndarray:
 def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficulty: float) -> Image.Image:
     """Illumination (gain, vertical gradient, contrast), blur, sensor noise, resolution loss; an RGBX image.
 
-    ``img`` (float RGB in [0, 1], channels first) already carries the camera's
+    ``img`` (float RGB in [0, 1], channels first; overwritten) already carries the camera's
     colour cast (see ``camera_background`` and ``Painter``). Blur is n =
     round(2 sigma^2) passes of a [1,2,1]/4 kernel (each adds variance 1/2),
     sigma = ``cam.blur`` scaled with height.
@@ -947,16 +947,16 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     h, w = img.shape[1:]
     z, oy, ox = rng.random(3).tolist()
     gain = cam.gain * (1.0 + 0.06 * difficulty * (2.0 * z - 1.0) * math.sqrt(3.0)) * cam.contrast * 255.0
-    rows = (1.0 + cam.vgrad * (np.arange(h, dtype=np.float32) / h - 0.5)) * np.float32(gain)
-    out = img * rows[:, None]
+    rows = (1.0 + cam.vgrad * _ramp(h)) * np.float32(gain)
+    out = img  # worked on in place
+    out *= rows[:, None]
     out += np.float32(255.0 * 0.5 * (1.0 - cam.contrast) + 0.5)
     sigma = cam.blur * h / 128.0
     for _ in range(int(round(2.0 * sigma * sigma))):
         out = _blur121(out)
     if cam.noise > 0:
-        bank = _noise_bank(h, w)
         oy, ox = int(oy * h), int(ox * w)
-        out += bank[:, oy:oy + h, ox:ox + w] * np.float32(255.0 * cam.noise)
+        out += _noise_bank(h, w, 255.0 * cam.noise)[:, oy:oy + h, ox:ox + w]
     out.clip(0.0, 255.0, out=out)
     # RGBX (RGB and a pad byte) is PIL's own layout of RGB: the image wraps this array without a copy
     rgbx = np.zeros((h, w, 4), dtype=np.uint8)
