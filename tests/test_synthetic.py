@@ -309,6 +309,55 @@ def test_occluders_hide_body_pixels_in_both_maps(kind):
         assert abs(occ.info["visible_fraction"] - visible.sum() / (clean.part > 0).sum()) < 1e-3
 
 
+def _segment_d2(h, w, a, b):
+    """Squared distance of every pixel centre to the segment a-b."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    (ay, ax), (by, bx) = a, b
+    d = np.array([by - ay, bx - ax])
+    t = np.clip(((yy - ay) * d[0] + (xx - ax) * d[1]) / (d @ d), 0.0, 1.0)
+    return (yy - ay - t * d[0]) ** 2 + (xx - ax - t * d[1]) ** 2
+
+
+def test_painter_paints_in_order_and_clips_capsules_at_the_image_border():
+    h, w = 16, 12
+    p = R.Painter(np.zeros((3, h, w), dtype=np.float32))
+    rect, mid, corner = R.Fill((0.2, 0.4, 0.6)), R.Fill((0.9, 0.1, 0.1)), R.Fill((0.1, 0.8, 0.1))
+    p.rect(2, 6, 2, 6, rect, R.UPPER, R.P_UPPER)
+    p.capsule((4, 4), (4, 8), 1.5, mid, R.PANTS, R.P_LEGS)
+    p.capsule((13, 9), (20, 14), 3.0, corner, R.L_SHOE, R.P_FEET)  # runs off the right and bottom edges
+    img, lip, part = p.resolve()
+    in_mid = _segment_d2(h, w, (4, 4), (4, 8)) <= 1.5 ** 2
+    in_corner = _segment_d2(h, w, (13, 9), (20, 14)) <= 3.0 ** 2
+    in_rect = np.zeros((h, w), dtype=bool)
+    in_rect[2:6, 2:6] = True
+    expected = np.where(in_corner, R.L_SHOE, np.where(in_mid, R.PANTS, np.where(in_rect, R.UPPER, 0)))
+    assert np.array_equal(lip, expected)  # later primitives cover earlier ones; nothing wraps round a row
+    assert np.array_equal(part > 0, lip > 0) and set(np.unique(part[lip == R.L_SHOE])) == {R.P_FEET}
+    assert np.allclose(img[:, 3, 2], rect.c1)  # rectangles are flat; capsules darken away from their axis
+    assert np.allclose(img[:, 4, 6], mid.c1) and np.allclose(img[:, 5, 6], mid.c1 * (1 - 0.28 / 1.5 ** 2))
+    assert not img[:, lip == 0].any()
+
+
+def test_rekeyed_generator_draws_what_a_new_one_draws():
+    rng = S._rng(0, S._S_IMAGE, 1, 0)
+    for seed, stream, ns, index in [(0, S._S_IMAGE, 1, 5), (3, S._S_NOISE, 2, 0), (7, S._S_IMAGE, 90, 123456)]:
+        rng.random(3), rng.integers(5, size=7)  # leave state behind
+        S._rekey(rng, seed, stream, ns, index)
+        fresh = S._rng(seed, stream, ns, index)
+        assert np.array_equal(rng.random(5), fresh.random(5))
+        assert np.array_equal(rng.standard_normal(4), fresh.standard_normal(4))
+        assert rng.integers(1000) == fresh.integers(1000)
+
+
+@pytest.mark.parametrize("quality", [60, 95])
+def test_jpeg_bytes_are_what_pillow_saves(quality):
+    import io
+    image = _render(3).image
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    assert S._jpeg_bytes(image, quality) == buf.getvalue()
+
+
 def test_mask_noise_corrupts_the_expected_fraction_and_leaves_images_alone(tmp_path):
     for m in (0.05, 0.15, 0.3):
         changed = fg = 0
