@@ -16,16 +16,27 @@ from .trainer import evaluate_test, local_device, prepare, summarize_results
 
 
 def locate(path: Path) -> tuple[Path, Path]:
-    """(weights file, folder holding config.yaml) for a checkpoint folder, a run folder or best.safetensors."""
+    """(weights file, folder holding config.yaml) for a checkpoint folder, a run folder or best.safetensors.
+
+    A run folder's model is ``best.safetensors`` (the epoch validation chose) or, for a run trained
+    without validation (``data.val_fraction=0``, the last epoch is the model), its latest checkpoint.
+    """
     if path.is_file():
         config_dir = path.parent / "checkpoints" / "latest"
         return path, config_dir if (config_dir / ckpt.CONFIG_FILE).exists() else path.parent
     if (path / ckpt.MODEL_FILE).exists():
         return path / ckpt.MODEL_FILE, path
+    latest = path / "checkpoints" / "latest"
     if (path / "best.safetensors").exists():
-        return path / "best.safetensors", path / "checkpoints" / "latest"
+        return path / "best.safetensors", latest
+    if (latest / ckpt.MODEL_FILE).exists() and (latest / ckpt.CONFIG_FILE).exists():
+        if float(ckpt.read_config(latest)["data"]["val_fraction"]) == 0.0:
+            return latest / ckpt.MODEL_FILE, latest
+        raise FileNotFoundError(f"{path}: the run selects its model on validation but has no best.safetensors "
+                                f"(did it finish an epoch?); pass {latest} to evaluate its latest weights")
     raise FileNotFoundError(f"{path}: expected a checkpoint folder (with {ckpt.MODEL_FILE}), a run folder "
-                            "(with best.safetensors) or a .safetensors file")
+                            "(with best.safetensors, or checkpoints/latest when trained without validation) "
+                            "or a .safetensors file")
 
 
 def evaluate_untrained(args: argparse.Namespace) -> int:
