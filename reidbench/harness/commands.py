@@ -92,7 +92,8 @@ def add_commands(sub) -> None:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint (or an untrained model) on a dataset's test protocols")
     which = ev.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint", help="a run folder (its best.safetensors, or its last epoch when trained without validation), a checkpoint folder or a .safetensors file")
+    which.add_argument("--checkpoint", help="a run folder (its best.safetensors, or its last epoch when trained "
+                                            "without validation), a checkpoint folder or a .safetensors file")
     which.add_argument("--untrained", action="store_true",
                        help="evaluate the method's model as built, before any training (the backbone's own features)")
     add_run_arguments(ev)  # --dataset/--root pick the evaluation data; the rest only matter with --untrained
