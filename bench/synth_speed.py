@@ -9,12 +9,11 @@ Target on the 2-core reference machine: >= 1,000 images/s at 128x64.
 ``--breakdown`` renders 600 images of the flavor in this process, one step at a time,
 and prints milliseconds per image for each step: drawing (``render_spec``), the JPEG,
 the two label-map PNGs, the per-image RNG, the texts, and writing the three files
-under ``--out``. On 2026-11-23 (market, difficulty 0.5), in ms per image: render
-1.60-2.36, JPEG 0.22-0.32, PNGs 0.11-0.17, RNG 0.07-0.19, texts 0.02, three writes
-0.15-4.96 (the disk and the host varied within one hour); 2.26 in all at best, 444
-images/s for one worker. A whole worker chunk (``_render_chunk``, with the records and
-JSON) took 2.0 ms per image on /dev/shm once warm. Two workers at 1,000 images/s need
-2 ms per image each, and a parent that costs nothing.
+under ``--out``. On 2026-11-23 (market, difficulty 0.5), in ms per image, measured side by
+side with the code before that day's changes (the host's speed drifted by a quarter within the
+hour, so only same-run ratios mean much): render 1.49 (1.93 before), JPEG 0.155 (0.245), PNGs
+0.12 (0.13), RNG 0.074 (0.083; a new generator per image, now re-keyed), texts 0.02, three writes to /dev/shm 0.16-0.18. Two workers at
+1,000 images/s need 2 ms per image each, everything included.
 """
 
 import argparse
@@ -58,9 +57,10 @@ def breakdown(flavor: str, out: Path, n: int = 600, difficulty: float = 0.5) -> 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     steps = dict.fromkeys(("rng", "render", "jpeg", "png", "texts", "write"), 0.0)
+    rng = S._rng(cfg.seed, S._S_IMAGE, ns)
     for i, spec in enumerate(specs):
         t0 = time.perf_counter()
-        rng = S._rng(cfg.seed, S._S_IMAGE, ns, spec.index)
+        S._rekey(rng, cfg.seed, S._S_IMAGE, ns, spec.index)  # as the workers do
         t1 = time.perf_counter()
         res, _ = S.render_spec(world, ns, spec, rng)
         t2 = time.perf_counter()
