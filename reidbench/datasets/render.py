@@ -321,7 +321,7 @@ def _offsets(h: int, w: int, stride: int) -> np.ndarray:
 
 
 class Fill:
-    """Colour of a garment/skin region, evaluated only at the painted pixels.
+    """Colour of a garment/skin region: ``c1``, or ``c1`` and ``c2`` in a pattern.
 
     Patterns live in figure coordinates (``y_ref``, ``x_ref``) so stripes move
     with the person; ``shade`` is how much a primitive darkens towards its
@@ -391,7 +391,7 @@ class Painter:
         self.labels_on = True
         self.bands = (-1e9, 1e9)  # elbow line, hip line
         self._cmds: list = []  # (box, codes: id + rel2 inside the primitive, 0 outside; or the id of a rectangle)
-        self._caps: list = []  # capsules awaiting batch evaluation: (id, box, ay, ax, by, bx, r)
+        self._caps: list = []  # capsules awaiting batch evaluation: (id, y0, y1, x0, x1, ay, ax, by, bx, r)
 
     def set_rows(self, elbow_y: float, hip_y: float) -> None:
         """Row bands for torso garments (part label ``_ROWS``): ProFD splits the torso at elbow height."""
@@ -554,8 +554,8 @@ class Painter:
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Colour the painted pixels into ``img``; return (img, lip, part), ``img`` channels first.
 
-        Works on the window of rows/columns that primitives touched, with
-        ``np.take`` lookups (fancy indexing costs several times more here).
+        Labels are looked up over the whole map, colours over the window of rows/columns that
+        primitives touched, with ``np.take`` (fancy indexing costs several times more here).
         """
         self.flush()
         all_ids = self.code.astype(np.uint8)
