@@ -894,17 +894,22 @@ def make_background(seed: int, height: int, width: int, difficulty: float) -> np
     return np.clip(canvas, 0.0, 1.0).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def _noise_bank(h: int, w: int, scale: float) -> np.ndarray:
-    """Fixed standard-normal noise twice the image size times ``scale``, channels first; images
-    take random crops of it.
+@functools.lru_cache(maxsize=4)
+def _unit_noise(h: int, w: int) -> np.ndarray:
+    """Fixed standard-normal noise twice the image size, channels first; images take random crops of it.
 
     Drawing 3*H*W normals per image costs more than the rest of the camera
     model; a crop at a random offset is as good for sensor noise and keeps
     every image a deterministic function of its own random stream.
     """
     bank = np.random.default_rng(0x5EED).standard_normal((2 * h, 2 * w, 3), dtype=np.float32)
-    return np.ascontiguousarray(bank.transpose(2, 0, 1)) * np.float32(scale)
+    return np.ascontiguousarray(bank.transpose(2, 0, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_bank(h: int, w: int, scale: float) -> np.ndarray:
+    """``_unit_noise`` times one camera's noise level (one multiply per camera, not per image)."""
+    return _unit_noise(h, w) * np.float32(scale)
 
 
 @functools.lru_cache(maxsize=16)

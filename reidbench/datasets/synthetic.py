@@ -63,6 +63,7 @@ in another, and ``pretraining_pairs`` in a namespace no benchmark uses.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -145,8 +146,12 @@ def _rng(seed: int, stream: int, namespace: int, index: int = 0) -> np.random.Ge
     2^192 blocks apart (disjoint) and each costs half of a SeedSequence-
     seeded PCG64 to set up, which matters at thousands of images a second.
     """
-    return np.random.Generator(np.random.Philox(counter=[0, 0, 0, int(index)],
-                                                key=[int(seed), (int(stream) << 32) | int(namespace)]))
+    return np.random.Generator(np.random.Philox(counter=[0, 0, 0, int(index)], key=_key(seed, stream, namespace)))
+
+
+def _key(seed: int, stream: int, namespace: int) -> list[int]:
+    """The Philox key of a (seed, stream, namespace): two 64-bit words."""
+    return [int(seed), (int(stream) << 32) | int(namespace)]
 
 
 def _rekey(rng: np.random.Generator, seed: int, stream: int, namespace: int, index: int = 0) -> np.random.Generator:
@@ -155,7 +160,7 @@ def _rekey(rng: np.random.Generator, seed: int, stream: int, namespace: int, ind
     rng.bit_generator.state = {
         "bit_generator": "Philox",
         "state": {"counter": np.array([0, 0, 0, index], dtype=np.uint64),
-                  "key": np.array([seed, (stream << 32) | namespace], dtype=np.uint64)},
+                  "key": np.array(_key(seed, stream, namespace), dtype=np.uint64)},
         "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
     return rng
 
@@ -721,6 +726,12 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 _PNG_END = _png_chunk(b"IEND", b"")
 
 
+@functools.lru_cache(maxsize=16)
+def _png_header(h: int, w: int) -> bytes:
+    """PNG signature and IHDR of an 8-bit grayscale h x w image."""
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+
+
 def png_bytes(labels: np.ndarray) -> bytes:
     """A label map as an 8-bit grayscale PNG (filter None, zlib level 1).
 
@@ -731,8 +742,7 @@ def png_bytes(labels: np.ndarray) -> bytes:
     raw = np.empty((h, w + 1), dtype=np.uint8)
     raw[:, 0] = 0  # each row starts with its filter type, 0 (None)
     raw[:, 1:] = labels
-    header = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-    return header + _png_chunk(b"IDAT", zlib.compress(raw, 1)) + _PNG_END
+    return _png_header(h, w) + _png_chunk(b"IDAT", zlib.compress(raw, 1)) + _PNG_END
 
 
 def _write(path: str, data: bytes) -> None:

@@ -298,8 +298,9 @@ class MemoryBank(nn.Module):
             similarity = (x * self.features[labels]).sum(1)
             by_similarity = similarity.argsort(stable=True)
             grouped = by_similarity[labels[by_similarity].argsort(stable=True)]  # by identity, least similar first
+            grouped_labels = labels[grouped]
             first = torch.ones_like(grouped, dtype=torch.bool)
-            first[1:] = labels[grouped][1:] != labels[grouped][:-1]
+            first[1:] = grouped_labels[1:] != grouped_labels[:-1]
             x, labels = x[grouped[first]], labels[grouped[first]]
         m = self.momentum
         earlier = (labels[:, None] == labels[None, :]).tril(-1).sum(1)  # same-identity samples before each
