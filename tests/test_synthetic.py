@@ -334,8 +334,76 @@ def test_painter_paints_in_order_and_clips_capsules_at_the_image_border():
     assert np.array_equal(lip, expected)  # later primitives cover earlier ones; nothing wraps round a row
     assert np.array_equal(part > 0, lip > 0) and set(np.unique(part[lip == R.L_SHOE])) == {R.P_FEET}
     assert np.allclose(img[:, 3, 2], rect.c1)  # rectangles are flat; capsules darken away from their axis
-    assert np.allclose(img[:, 4, 6], mid.c1) and np.allclose(img[:, 5, 6], mid.c1 * (1 - 0.28 / 1.5 ** 2))
+    assert np.allclose(img[:, 4, 6], mid.c1) and np.allclose(img[:, 5, 6], np.multiply(mid.c1, 1 - 0.28 / 1.5 ** 2))
     assert not img[:, lip == 0].any()
+
+
+def test_painter_draws_trapezoids_and_head_regions_by_their_formulas():
+    h, w = 40, 24
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    p = R.Painter(np.zeros((3, h, w), dtype=np.float32))
+    p.set_rows(15.5, 25.2)  # elbow and hip lines: a torso garment changes part label at rows 16 and 26
+    torso = R.Fill((0.5, 0.5, 0.5))
+    p.trapezoid(4.3, 33.6, 10.0, 13.0, 4.2, 6.9, torso, R.UPPER, R._ROWS)
+    # hair: the top of the head (rows above 9), and its sides (|x - 12| > 3) down to row 14
+    p.superellipse(10.0, 12.0, 6.0, 7.0, 3.6, R.Fill((0.1, 0.1, 0.1)), R.HAIR, R.P_HEAD, (9.0, 14.0, 12.0, 0.0, 3.0))
+    _, lip, part = p.resolve()
+    t = (yy - 4.3) / (33.6 - 4.3)
+    in_torso = ((xx - (10.0 + 3.0 * t)) / (4.2 + 2.7 * t)) ** 2 <= 1.0
+    in_torso &= (yy >= 5) & (yy <= 33)
+    in_head = np.abs((xx - 12.0) / 6.0) ** 3.6 + np.abs((yy - 10.0) / 7.0) ** 3.6 <= 1.0
+    in_head &= (yy < 9.0) | ((np.abs(xx - 12.0) > 3.0) & (yy < 14.0))
+    assert in_head.any() and (in_torso & ~in_head).any() and (in_torso & in_head).any()
+    assert np.array_equal(lip, np.where(in_head, R.HAIR, np.where(in_torso, R.UPPER, 0)))
+    band = np.where(yy < 16, R.P_UPPER, np.where(yy < 26, R.P_LOWER, R.P_LEGS))
+    assert np.array_equal(part, np.where(in_head, R.P_HEAD, np.where(in_torso, band, 0)))
+
+
+@pytest.mark.parametrize("pattern", ["striped", "vstriped", "checked", "two-tone", "noise"])
+def test_patterned_fills_show_their_second_colour_where_the_pattern_says(pattern):
+    h, w = 30, 20
+    yy, xx = np.mgrid[0:h, 0:w].astype(float)
+    c1, c2, cast = np.array([0.8, 0.2, 0.1]), np.array([0.1, 0.3, 0.9]), np.array([1.1, 1.0, 0.9])
+    fill = R.Fill(c1, c2, pattern, period=3.5, y_ref=1.2, x_ref=2.7, split_y=12.0, shade=0.0)
+    p = R.Painter(np.zeros((3, h, w), dtype=np.float32), cast)
+    p.rect(0, h, 0, w, fill, R.UPPER, R.P_UPPER)
+    img, _, _ = p.resolve()
+    row, col = np.floor((yy - 1.2) / 3.5).astype(int) & 1, np.floor((xx - 2.7) / 3.5).astype(int) & 1
+    second = {"striped": row == 1, "vstriped": col == 1, "checked": row != col, "two-tone": yy >= 12.0,
+              "noise": (np.floor(yy / 3.5) * 7 + np.floor(xx / 3.5) * 13) % 5 < 2}[pattern]
+    assert 0.2 < second.mean() < 0.8
+    expected = np.where(second[None], (c2 * cast)[:, None, None], (c1 * cast)[:, None, None])
+    assert np.allclose(img, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown fill pattern 'dotted'"):
+        R.Fill(c1, c2, "dotted")
+
+
+def _blur121(a):
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    a = (p[:, :-2] + 2 * p[:, 1:-1] + p[:, 2:]) / 4
+    return (a[:, :, :-2] + 2 * a[:, :, 1:-1] + a[:, :, 2:]) / 4
+
+
+@pytest.mark.parametrize("blur,noise,lowres", [(0.0, 0.0, 1.0), (3.0, 0.03, 1.0), (2.0, 0.0, 1.8)])
+def test_camera_applies_gain_gradient_blur_and_noise_as_documented(blur, noise, lowres):
+    h, w = 48, 24
+    cam = R.Camera(gain=0.9, cast=(1.0, 1.0, 1.0), contrast=0.8, vgrad=0.2, blur=blur, lowres=lowres, noise=noise,
+                   scale=0.9, jpeg_quality=90, background_seed=0)
+    img = np.random.default_rng(0).random((3, h, w), dtype=np.float32)
+    z, oy, ox = np.random.default_rng(5).random(3)
+    gain = 0.9 * (1 + 0.06 * 0.5 * (2 * z - 1) * np.sqrt(3)) * 0.8 * 255
+    x = img * ((1 + 0.2 * (np.arange(h) / h - 0.5)) * gain)[None, :, None] + 255 * 0.5 * 0.2 + 0.5
+    for _ in range(int(round(2 * (blur * h / 128) ** 2))):
+        x = _blur121(x)
+    if noise:
+        x = x + 255 * noise * R._unit_noise(h, w)[:, int(oy * h):int(oy * h) + h, int(ox * w):int(ox * w) + w]
+    expected = np.clip(x, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    if lowres > 1:  # resolution loss: down to 1/lowres and up again
+        small = Image.fromarray(expected).resize((round(w / lowres), round(h / lowres)), Image.BILINEAR)
+        expected = np.asarray(small.resize((w, h), Image.BILINEAR))
+    out = R.apply_camera(img.copy(), cam, np.random.default_rng(5), 0.5)
+    assert out.mode == "RGBX" and out.size == (w, h)
+    assert np.abs(np.asarray(out)[..., :3].astype(int) - expected).max() <= 1  # float rounding only
 
 
 def test_rekeyed_generator_draws_what_a_new_one_draws():

@@ -303,6 +303,16 @@ def sample_camera(rng: np.random.Generator, difficulty: float) -> Camera:
 
 # --------------------------------------------------------------------------- painter
 
+# What the Painter hands the compiled loops of ``raster``. A primitive row: kind, id, the first
+# and last+1 row it may touch, then its parameters (``raster.paint`` lists them per kind).
+CAPSULE, TRAPEZOID, SUPERELLIPSE, RECT = 0, 1, 2, 3
+PRIM_COLUMNS = 14
+# A fill row: c1 (r, g, b), c2 (r, g, b), shade, pattern, period, y_ref, x_ref, split_y.
+PATTERNS = {"plain": 0, "striped": 1, "vstriped": 2, "checked": 3, "two-tone": 4, "noise": 5}
+FILL_COLUMNS = 12
+NO_REGION = (math.inf, -math.inf, 0.0, 0.0, 0.0)  # a superellipse region that keeps every pixel
+_PADDING = [(0.0,) * (PRIM_COLUMNS - 4 - n) for n in range(PRIM_COLUMNS - 3)]  # zeros after n parameters
+
 _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -314,61 +324,42 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return g
 
 
-@functools.lru_cache(maxsize=None)
-def _offsets(h: int, w: int, stride: int) -> np.ndarray:
-    """Flat offsets of an h x w box in a row-major map with row length ``stride``."""
-    return np.arange(h)[:, None] * stride + np.arange(w)[None, :]
-
-
 class Fill:
     """Colour of a garment/skin region: ``c1``, or ``c1`` and ``c2`` in a pattern.
 
-    Patterns live in figure coordinates (``y_ref``, ``x_ref``) so stripes move
-    with the person; ``shade`` is how much a primitive darkens towards its
-    edge (a cylindrical look; ``Painter.resolve`` applies it).
+    Patterns (``PATTERNS``; ``raster.resolve`` says where each shows ``c2``)
+    live in figure coordinates (``y_ref``, ``x_ref``) so stripes move with
+    the person; ``shade`` is how much a primitive darkens towards its
+    edge (a cylindrical look).
     """
 
     __slots__ = ("c1", "c2", "pattern", "period", "y_ref", "x_ref", "split_y", "shade")
 
     def __init__(self, c1, c2=None, pattern="plain", period=4.0, y_ref=0.0, x_ref=0.0, split_y=0.0, shade=0.28):
-        self.c1 = np.asarray(c1, dtype=np.float32)
-        self.c2 = None if c2 is None else np.asarray(c2, dtype=np.float32)
+        if pattern not in PATTERNS:
+            raise ValueError(f"unknown fill pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
+        self.c1 = c1
+        self.c2 = c1 if c2 is None else c2
         self.pattern, self.period, self.y_ref, self.x_ref = pattern, max(float(period), 2.0), y_ref, x_ref
         self.split_y, self.shade = split_y, shade
 
-    def second(self, ym: np.ndarray, xm: np.ndarray) -> np.ndarray:
-        """Where a patterned fill shows ``c2``, at pixel rows ``ym`` (a column) and columns ``xm`` (a row).
-
-        Stripes and checks are parities of the cell index along an axis, so most
-        patterns are computed on the row or column alone and broadcast.
-        """
-        if self.pattern == "striped":
-            return (np.floor((ym - self.y_ref) / self.period).astype(np.int64) & 1) == 1
-        if self.pattern == "vstriped":
-            return (np.floor((xm - self.x_ref) / self.period).astype(np.int64) & 1) == 1
-        if self.pattern == "checked":
-            return (np.floor((ym - self.y_ref) / self.period).astype(np.int64) & 1) != (
-                np.floor((xm - self.x_ref) / self.period).astype(np.int64) & 1)
-        if self.pattern == "two-tone":
-            return ym >= self.split_y
-        if self.pattern == "noise":  # occluder texture: two-colour blotches from a coarse hash
-            return (np.floor(ym / self.period) * 7 + np.floor(xm / self.period) * 13) % 5 < 2
-        raise ValueError(f"unknown fill pattern {self.pattern!r}")
+    def row(self) -> tuple:
+        """The fill as a row of the table ``raster.resolve`` reads (``FILL_COLUMNS``)."""
+        return (*self.c1, *self.c2, self.shade, PATTERNS[self.pattern], self.period, self.y_ref, self.x_ref,
+                self.split_y)
 
 
 class Painter:
-    """Rasterises primitives into a primitive-code map; colours and labels resolve in one pass.
+    """Records primitives; ``raster.paint`` rasterises them into a code map, ``raster.resolve``
+    turns that into colours and labels.
 
-    Painting a primitive gives each pixel it covers the code ``id +
-    min(rel2, 0.999)``: its id packed with its squared normalised distance
-    from the axis (for shading). Ids grow in painting order, so the painter's
-    algorithm (later primitives cover earlier ones) is the maximum code per
-    pixel, and pending primitives composite in any order: capsules (most
-    primitives) are evaluated in one padded batch and scattered with one
-    ``np.maximum.at``, the rest with one ``np.maximum`` on their boxes.
-    ``resolve`` then looks every pixel's fill, LIP label and part label up in
-    per-primitive tables. Per-primitive work is a few numpy calls: the
-    renderer is bound by call overhead, not by pixels.
+    A painted pixel holds the code ``id + min(rel2, 0.999)``: the id of the
+    last primitive covering it (painter's algorithm: later primitives cover
+    earlier ones) and its squared normalised distance from that primitive's
+    axis, for shading. ``prims[id]`` is the primitive's (fill index, LIP
+    label, part label), so the label maps agree with the pixels by
+    construction. Python only computes geometry and appends one row per
+    primitive; every pixel loop is compiled.
 
     With ``labels_on`` False, primitives are drawn with label 0 (background):
     that is how occluders, bags and an occluding second pedestrian hide the
@@ -376,22 +367,16 @@ class Painter:
     """
 
     def __init__(self, img: np.ndarray, cast=(1.0, 1.0, 1.0)):
-        self.img = img  # float RGB, channels first (3, H, W): per-pixel factors broadcast over channels cheaply
+        self.img = img  # float RGB, channels first (3, H, W)
         self.cast = np.asarray(cast, dtype=np.float32)  # the camera's colour cast, applied to every fill
         self.h, self.w = img.shape[1:]
-        self.Y, self.X = _grid(self.h, self.w)
-        # max over primitives of id + min(rel2, 0.999), with margins below and to the right that a
-        # capsule's padded box spills into (see ``_eval_capsules``)
-        self._canvas = np.zeros((2 * self.h, 2 * self.w), dtype=np.float32)
-        self.code = self._canvas[:self.h, :self.w]
-        self.window = [self.h, 0, self.w, 0]  # rows/cols touched so far (y0, y1, x0, x1)
+        self.code = np.zeros((self.h, self.w), dtype=np.float32)
         self.fills: list[Fill] = []
         self._fill_index: dict[int, int] = {}
         self.prims: list[tuple[int, int, int]] = [(0, BG, BG)]  # (fill index, LIP label, part label); 0 = none
         self.labels_on = True
         self.bands = (-1e9, 1e9)  # elbow line, hip line
-        self._cmds: list = []  # (box, codes: id + rel2 inside the primitive, 0 outside; or the id of a rectangle)
-        self._caps: list = []  # capsules awaiting batch evaluation: (id, y0, y1, x0, x1, ay, ax, by, bx, r)
+        self._rows: list[tuple] = []  # primitive rows awaiting ``raster.paint``
 
     def set_rows(self, elbow_y: float, hip_y: float) -> None:
         """Row bands for torso garments (part label ``_ROWS``): ProFD splits the torso at elbow height."""
@@ -409,179 +394,63 @@ class Painter:
         prims.append((fi, lip_label, part_label) if self.labels_on else (fi, BG, BG))
         return k
 
-    def _box(self, y0, y1, x0, x1):
-        """Integer pixel box covering [y0, y1] x [x0, x1], clipped to the image (None if empty)."""
-        a, b, c, d = math.floor(y0), math.ceil(y1) + 1, math.floor(x0), math.ceil(x1) + 1
-        if a < 0:
-            a = 0
-        if b > self.h:
-            b = self.h
-        if c < 0:
-            c = 0
-        if d > self.w:
-            d = self.w
-        if a >= b or c >= d:
-            return None
-        return a, b, c, d
-
-    def _paint(self, box, mask, rel2, fill: Fill, lip_label: int, part_label: int) -> None:
-        """Queue a primitive with codes id + min(rel2, 0.999) inside ``mask`` and 0 outside
-        (``rel2``, the shading, broadcasts against ``mask``: a row or a column is enough)."""
+    def _add(self, kind: int, fill: Fill, lip_label: int, part_label: int, params: tuple) -> None:
+        params += _PADDING[len(params)]
         if part_label != _ROWS or not self.labels_on:
-            ids = self._new(fill, lip_label, part_label)
-        else:  # one primitive per row band
-            y0, y1 = box[0], box[1]
-            ids = np.empty((y1 - y0, 1), dtype=np.float32)
-            edges = [y0] + [min(max(int(math.ceil(b)), y0), y1) for b in self.bands] + [y1]
-            for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
-                if b > a:
-                    ids[a - y0:b - y0] = self._new(fill, lip_label, part)
-        codes = np.minimum(rel2, 0.999) + ids
-        self._cmds.append((box, codes * mask))
-
-    def _touch(self, box) -> None:
-        """Grow the window of touched rows and columns by ``box``."""
-        win = self.window
-        if box[0] < win[0]:
-            win[0] = box[0]
-        if box[1] > win[1]:
-            win[1] = box[1]
-        if box[2] < win[2]:
-            win[2] = box[2]
-        if box[3] > win[3]:
-            win[3] = box[3]
+            self._rows.append((kind, self._new(fill, lip_label, part_label), 0, self.h, *params))
+            return
+        # a torso garment: one primitive per row band (upper torso, lower torso, below the hips)
+        edges = [0] + [min(max(math.ceil(b), 0), self.h) for b in self.bands] + [self.h]
+        for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
+            if b > a:
+                self._rows.append((kind, self._new(fill, lip_label, part), a, b, *params))
 
     def flush(self) -> None:
-        """Composite the pending primitives into the code map."""
-        if self._caps:
-            self._eval_capsules()
-        code = self.code
-        for box, codes in self._cmds:
-            region = code[box[0]:box[1], box[2]:box[3]]
-            np.maximum(region, codes, out=region)
-            self._touch(box)
-        self._cmds = []
+        """Paint the pending primitives into the code map."""
+        if self._rows:
+            from . import raster
+
+            rows = np.array(self._rows, dtype=np.float64)
+            self._rows = []
+            raster.paint(self.code, rows)
 
     def capsule(self, a, b, r, fill: Fill, lip_label: int, part_label: int) -> None:
-        """A segment a-b thickened by r (limbs, neck, shoes). Evaluated later, in one batch."""
-        (ay, ax), (by, bx) = a, b
-        if r < 0.75:
-            r = 0.75
-        if ay < by:
-            box = self._box(ay - r, by + r, (ax if ax < bx else bx) - r, (bx if ax < bx else ax) + r)
-        else:
-            box = self._box(by - r, ay + r, (ax if ax < bx else bx) - r, (bx if ax < bx else ax) + r)
-        if box is None:
-            return
-        self._touch(box)
-        self._caps.append((self._new(fill, lip_label, part_label), *box, ay, ax, by, bx, r))
-
-    def _eval_capsules(self) -> None:
-        """Codes of all pending capsules at once, each in its own box padded to the largest box.
-
-        Distance to the segment: with u the unit direction, proj = (p-a).u and
-        t = clip(proj, 0, L), d^2 = |p-a|^2 + t (t - 2 proj). A padded box
-        reaches past its capsule's box by less than the image size, so with
-        the canvas' margins it never wraps round onto another pixel: outside
-        the image the codes land in the margins, inside they are 0 (the
-        capsule does not reach there) and the maximum leaves the map as is.
-        """
-        k, y0, y1, x0, x1, ay, ax, by, bx, r = np.array(self._caps, dtype=np.float32).T
-        self._caps = []
-        hmax, wmax = int((y1 - y0).max()), int((x1 - x0).max())
-        dy, dx = by - ay, bx - ax
-        length = np.sqrt(dy * dy + dx * dx)
-        inv = 1.0 / np.maximum(length, 1e-6)
-        col = (slice(None), None, None)
-        ya = (y0 - ay)[col] + np.arange(hmax, dtype=np.float32)[None, :, None]  # (K, hmax, 1)
-        xa = (x0 - ax)[col] + np.arange(wmax, dtype=np.float32)[None, None, :]  # (K, 1, wmax)
-        proj = ya * (dy * inv)[col] + xa * (dx * inv)[col]
-        t = np.minimum(np.maximum(proj, 0.0), length[col])
-        proj *= -2.0
-        proj += t
-        proj *= t
-        proj += ya * ya
-        proj += xa * xa
-        proj *= (1.0 / (r * r))[col]
-        inside = proj <= 1.0
-        np.minimum(proj, 0.999, out=proj)
-        proj += k[col]
-        proj *= inside
-        stride = self._canvas.shape[1]
-        flat = (y0 * stride + x0).astype(np.intp)[col] + _offsets(hmax, wmax, stride)
-        np.maximum.at(self._canvas.reshape(-1), flat.reshape(-1), proj.reshape(-1))
+        """A segment a-b thickened by r (limbs, neck, shoes)."""
+        self._add(CAPSULE, fill, lip_label, part_label, (*a, *b, r if r > 0.75 else 0.75))
 
     def trapezoid(self, yt, yb, cxt, cxb, hwt, hwb, fill: Fill, lip_label: int, part_label: int) -> None:
         """Rows ``yt..yb``; centre and half-width interpolate linearly from top to bottom."""
-        if yb <= yt:
-            return
-        box = self._box(math.ceil(yt), math.floor(yb), min(cxt - hwt, cxb - hwb), max(cxt + hwt, cxb + hwb))
-        if box is None:
-            return
-        y0, y1, x0, x1 = box
-        t = (np.arange(y0, y1, dtype=np.float32)[:, None] - yt) * (1.0 / (yb - yt))
-        rel = (self.X[:1, x0:x1] - (cxt + t * (cxb - cxt))) / np.maximum(hwt + t * (hwb - hwt), 0.5)
-        rel *= rel
-        self._paint(box, rel <= 1.0, rel, fill, lip_label, part_label)
+        if yb > yt:
+            self._add(TRAPEZOID, fill, lip_label, part_label, (yt, yb, cxt, cxb, hwt, hwb))
 
     def superellipse(self, cy, cx, a, b, p, fill: Fill, lip_label: int, part_label: int,
-                     region: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
-        box = self._box(cy - b, cy + b, cx - a, cx + a)
-        if box is None:
-            return
-        y0, y1, x0, x1 = box
-        yy, xx = self.Y[y0:y1, :1], self.X[:1, x0:x1]  # a column and a row: everything below broadcasts
-        u, v = np.abs(xx - cx) * (1.0 / a), np.abs(yy - cy) * (1.0 / b)
-        u2 = u * u
-        s = u2 + v * v if p == 2.0 else u ** p + v ** p
-        mask = s <= 1.0
-        if region is not None:
-            mask &= region(yy, xx)
-        self._paint(box, mask, u2, fill, lip_label, part_label)
+                     region: tuple = NO_REGION) -> None:
+        """|(x-cx)/a|^p + |(y-cy)/b|^p <= 1, within ``region`` = (ya, yc, hx, s, t): rows above
+        ``ya``, and rows above ``yc`` where g(x) > t, g(x) = |x - hx| if s == 0 else s (x - hx)."""
+        self._add(SUPERELLIPSE, fill, lip_label, part_label, (cy, cx, a, b, p, *region))
 
     def rect(self, y0, y1, x0, x1, fill: Fill, lip_label: int, part_label: int) -> None:
-        box = self._box(y0, y1 - 1, x0, x1 - 1)
-        if box is None:
-            return
-        self._cmds.append((box, self._new(fill, lip_label, part_label)))
+        """Pixels y0 <= y < y1, x0 <= x < x1 (flat: no shading)."""
+        self._add(RECT, fill, lip_label, part_label, (y0, y1, x0, x1))
 
     def body_mask(self) -> np.ndarray:
         """Pixels currently showing a labelled body primitive."""
         self.flush()
-        table = (np.array([p[2] for p in self.prims], dtype=np.int16) != 0).astype(np.uint8)
-        return np.take(table, self.code.astype(np.uint8)).astype(bool)
+        table = np.array([p[2] != 0 for p in self.prims], dtype=bool)
+        return table.take(self.code.astype(np.uint8))
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Colour the painted pixels into ``img``; return (img, lip, part), ``img`` channels first.
+        """Colour the painted pixels into ``img``; return (img, lip, part), ``img`` channels first."""
+        from . import raster
 
-        Labels are looked up over the whole map, colours over the window of rows/columns that
-        primitives touched, with ``np.take`` (fancy indexing costs several times more here).
-        """
         self.flush()
-        all_ids = self.code.astype(np.uint8)
         tables = np.array(self.prims, dtype=np.uint8).T  # rows: fill, LIP label, part label of each primitive
-        lip, part = tables[1].take(all_ids), tables[2].take(all_ids)
-        y0, y1, x0, x1 = self.window
-        if y1 <= y0:
-            return self.img, lip, part
-        code, ids = self.code[y0:y1, x0:x1], all_ids[y0:y1, x0:x1]
-        fidx = tables[0].take(ids)
-        # columns r, g, b, shade: c1 of every fill, then c2 (index + n) where a patterned fill shows it
-        fills = self.fills
-        n = len(fills)
-        table = np.array([(*f.c1, f.shade) for f in fills]
-                         + [(*(f.c1 if f.c2 is None else f.c2), f.shade) for f in fills], dtype=np.float32)
-        table[:, :3] *= self.cast
-        for k, f in enumerate(fills):
-            if f.pattern != "plain" and f.c2 is not None:
-                sel = f.second(self.Y[y0:y1, :1], self.X[:1, x0:x1]) & (fidx == k)
-                np.copyto(fidx, k + n, where=sel)
-        values = table.T.take(fidx, axis=1)  # (4, H, W), channels first
-        cols, shade = values[:3], values[3]
-        shade *= code - ids  # rel2, clipped at 0.999
-        np.subtract(1.0, shade, out=shade)
-        cols *= shade
-        np.copyto(self.img[:, y0:y1, x0:x1], cols, where=ids > 0)
+        fills = np.array([f.row() for f in self.fills] or np.zeros((1, FILL_COLUMNS)), dtype=np.float32)
+        fills[:, 0:3] *= self.cast
+        fills[:, 3:6] *= self.cast
+        lip = np.empty((self.h, self.w), dtype=np.uint8)
+        part = np.empty((self.h, self.w), dtype=np.uint8)
+        raster.resolve(self.code, self.img, tables[0], tables[1], tables[2], fills, lip, part)
         return self.img, lip, part
 
 
@@ -789,17 +658,13 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
     p.superellipse(cy, hx, hw, 0.5 * hh, hp, skin, FACE, P_HEAD)
     hl = 0.45 if ident.hair_length == "short" else 0.5
     side_lim = {"short": 0.55, "medium": 0.95, "long": 1.0}[ident.hair_length]
-    if pose.view == "front":
-        def region(yy, xx):
-            return (yy < top + hl * hh) | ((np.abs(xx - hx) > 0.62 * hw) & (yy < top + side_lim * hh))
+    if pose.view == "front":  # the top of the head, and down the sides beyond the face
+        region = (top + hl * hh, top + side_lim * hh, hx, 0.0, 0.62 * hw)
     elif pose.view == "back":
         lim = 0.82 if ident.hair_length == "short" else 1.05
-
-        def region(yy, xx):
-            return yy < top + lim * hh
-    else:
-        def region(yy, xx):
-            return (yy < top + hl * hh) | (((xx - hx) * f < -0.1 * hw) & (yy < top + side_lim * hh))
+        region = (top + lim * hh, -math.inf, 0.0, 0.0, 0.0)
+    else:  # the top, and down the back of the head
+        region = (top + hl * hh, top + side_lim * hh, hx, -float(f), 0.1 * hw)
     p.superellipse(cy - 0.08 * hh, hx, 1.22 * hw, 0.56 * hh * 1.12, hp, hair, HAIR, P_HEAD, region)
     if long_hair or (ident.hair_length == "medium" and pose.view == "back"):
         end = shoulder_y + (0.12 if long_hair else 0.02) * F
@@ -822,9 +687,7 @@ def draw_person(p: Painter, ident: Identity, outfit: Outfit, pose: Pose, col: Fi
             p.rect(gy, gy + gh, hx - 0.78 * hw, hx + 0.78 * hw, glasses, SUNGLASSES, P_HEAD)
     if col.hat is not None:
         hat = Fill(col.hat, shade=0.2)
-
-        def cap(yy, xx):
-            return yy < top + 0.3 * hh
+        cap = (top + 0.3 * hh, -math.inf, 0.0, 0.0, 0.0)
         p.superellipse(cy - 0.07 * hh, hx, 1.12 * hw, 0.6 * hh, hp, hat, HAT, P_HEAD, cap)
         by = top + 0.26 * hh
         if side:
@@ -928,17 +791,7 @@ def camera_background(cam: Camera, height: int, width: int, difficulty: float) -
     return np.ascontiguousarray((bg * np.asarray(cam.cast, dtype=np.float32)).transpose(2, 0, 1))
 
 
-def _blur121(a: np.ndarray) -> np.ndarray:
-    """One separable [1, 2, 1] / 4 pass over the rows and columns of a (C, H, W) image, edges replicated
-    (adds variance 1/2 px^2)."""
-    p = np.concatenate((a[:, :1], a, a[:, -1:]), axis=1)
-    out = p[:, :-2] + p[:, 2:]
-    out += p[:, 1:-1] * 2.0
-    p = np.concatenate((out[:, :, :1], out, out[:, :, -1:]), axis=2)
-    out = p[:, :, :-2] + p[:, :, 2:]
-    out += p[:, :, 1:-1] * 2.0
-    out *= 0.0625
-    return out
+_NO_NOISE = np.zeros((3, 0, 0), dtype=np.float32)
 
 
 def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficulty: float) -> Image.Image:
@@ -947,26 +800,20 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     ``img`` (float RGB in [0, 1], channels first; overwritten) already carries the camera's
     colour cast (see ``camera_background`` and ``Painter``). Blur is n =
     round(2 sigma^2) passes of a [1,2,1]/4 kernel (each adds variance 1/2),
-    sigma = ``cam.blur`` scaled with height.
+    sigma = ``cam.blur`` scaled with height (``raster.expose`` does the pixels).
     """
+    from . import raster
+
     h, w = img.shape[1:]
     z, oy, ox = rng.random(3).tolist()
     gain = cam.gain * (1.0 + 0.06 * difficulty * (2.0 * z - 1.0) * math.sqrt(3.0)) * cam.contrast * 255.0
     rows = (1.0 + cam.vgrad * _ramp(h)) * np.float32(gain)
-    out = img  # worked on in place
-    out *= rows[:, None]
-    out += np.float32(255.0 * 0.5 * (1.0 - cam.contrast) + 0.5)
     sigma = cam.blur * h / 128.0
-    for _ in range(int(round(2.0 * sigma * sigma))):
-        out = _blur121(out)
-    if cam.noise > 0:
-        oy, ox = int(oy * h), int(ox * w)
-        out += _noise_bank(h, w, 255.0 * cam.noise)[:, oy:oy + h, ox:ox + w]
-    out.clip(0.0, 255.0, out=out)
+    noise = _noise_bank(h, w, 255.0 * cam.noise) if cam.noise > 0 else _NO_NOISE
     # RGBX (RGB and a pad byte) is PIL's own layout of RGB: the image wraps this array without a copy
     rgbx = np.zeros((h, w, 4), dtype=np.uint8)
-    for c in range(3):
-        rgbx[:, :, c] = out[c]
+    raster.expose(img, rows, 255.0 * 0.5 * (1.0 - cam.contrast) + 0.5, int(round(2.0 * sigma * sigma)), noise,
+                  int(oy * h), int(ox * w), rgbx)
     pil = Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)
     if cam.lowres > 1.05:
         small = (max(int(round(w / cam.lowres)), 4), max(int(round(h / cam.lowres)), 8))

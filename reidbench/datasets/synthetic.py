@@ -814,8 +814,16 @@ def _run_jobs(jobs: list[tuple], workers: int) -> Iterable[list[dict]]:
         for job in jobs:
             yield _render_chunk(job)
         return
-    with _pool_context().Pool(processes=min(workers, len(jobs))) as pool:
+    with _pool(min(workers, len(jobs))) as pool:
         yield from pool.imap(_render_chunk, jobs)
+
+
+def _pool(processes: int):
+    """A worker pool. The renderer's compiled kernels are loaded here first: forked workers inherit
+    them, where each would otherwise spend about a second importing numba and loading them."""
+    from . import raster  # noqa: F401
+
+    return _pool_context().Pool(processes=processes)
 
 
 def _chunks(seq: list, size: int) -> list[list]:
@@ -1012,7 +1020,7 @@ def pretraining_pairs(n_images: int, seed: int = 0, image_size: tuple[int, int] 
     if workers <= 1 or len(jobs) <= 1:
         parts = [_pretrain_chunk(j) for j in jobs]
     else:
-        with _pool_context().Pool(processes=min(workers, len(jobs))) as pool:
+        with _pool(min(workers, len(jobs))) as pool:
             parts = pool.map(_pretrain_chunk, jobs)
     images = np.concatenate([p[0] for p in parts])
     captions = [c for p in parts for c in p[1]]
@@ -1047,7 +1055,7 @@ def source_fingerprint() -> str:
     """Hash of the generator's source (this module and the renderer): a cache key for anything
     derived from synthetic data (tokenizer, pretrained CLIP, generated benchmarks)."""
     digest = hashlib.sha256()
-    for module in (__file__, R.__file__):
+    for module in (__file__, R.__file__, Path(R.__file__).with_name("raster.py")):
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()[:12]
 
