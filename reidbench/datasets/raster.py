@@ -166,6 +166,25 @@ def resolve(code, img, prim_fill, prim_lip, prim_part, fills, lip, part):
                 img[ch, y, x] = f[base + ch] * shade
 
 
+@numba.njit(inline="always")
+def _blur(plane, tmp):
+    """One [1, 2, 1] / 4 pass along the rows of ``plane`` into ``tmp``, then down its columns back
+    into ``plane``; edges replicated. Writing to another array lets the loops vectorise (4x
+    faster than in place)."""
+    h, w = plane.shape
+    two, quarter = np.float32(2.0), np.float32(0.25)
+    for y in range(h):
+        a, t = plane[y], tmp[y]
+        t[0] = (a[0] + two * a[0] + a[1]) * quarter
+        for x in range(1, w - 1):
+            t[x] = (a[x - 1] + two * a[x] + a[x + 1]) * quarter
+        t[w - 1] = (a[w - 2] + two * a[w - 1] + a[w - 1]) * quarter
+    for y in range(h):
+        up, mid, down, a = tmp[max(y - 1, 0)], tmp[y], tmp[min(y + 1, h - 1)], plane[y]
+        for x in range(w):
+            a[x] = (up[x] + two * mid[x] + down[x]) * quarter
+
+
 @numba.njit("void(float32[:, :, ::1], float32[::1], float32, int64, float32[:, :, ::1], int64, int64, "
             "uint8[:, :, ::1])", **_OPTS)
 def expose(img, rows, offset, passes, noise, oy, ox, out):
@@ -181,21 +200,10 @@ def expose(img, rows, offset, passes, noise, oy, ox, out):
             for x in range(w):
                 img[ch, y, x] = img[ch, y, x] * g + offset
     if passes > 0:
-        tmp = np.empty(max(h, w), dtype=np.float32)
-        for _ in range(passes):
-            for ch in range(chans):
-                for y in range(h):  # along the row
-                    for x in range(w):
-                        tmp[x] = img[ch, y, x]
-                    for x in range(w):
-                        left, right = tmp[max(x - 1, 0)], tmp[min(x + 1, w - 1)]
-                        img[ch, y, x] = (left + 2.0 * tmp[x] + right) * np.float32(0.25)
-                for x in range(w):  # along the column
-                    for y in range(h):
-                        tmp[y] = img[ch, y, x]
-                    for y in range(h):
-                        up, down = tmp[max(y - 1, 0)], tmp[min(y + 1, h - 1)]
-                        img[ch, y, x] = (up + 2.0 * tmp[y] + down) * np.float32(0.25)
+        tmp = np.empty((h, w), dtype=np.float32)
+        for ch in range(chans):
+            for _ in range(passes):
+                _blur(img[ch], tmp)
     has_noise = noise.shape[1] > 0
     for ch in range(chans):
         for y in range(h):

@@ -58,8 +58,6 @@ COLOUR_RGB = {
     "green": (0.14, 0.58, 0.20), "blue": (0.15, 0.32, 0.82), "purple": (0.50, 0.20, 0.64),
     "pink": (0.97, 0.56, 0.72), "brown": (0.46, 0.28, 0.14), "khaki": (0.76, 0.69, 0.46),
 }
-_PALETTE = np.array(list(COLOUR_RGB.values()), dtype=np.float32)
-_PALETTE_INDEX = {name: j for j, name in enumerate(COLOUR_RGB)}
 UPPER_COLOURS = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink")
 LOWER_COLOURS = ("black", "grey", "white", "blue", "brown", "green", "red", "khaki")
 SHOES_COLOURS = ("black", "white", "brown", "grey", "red", "blue")
@@ -313,6 +311,16 @@ FILL_COLUMNS = 12
 NO_REGION = (math.inf, -math.inf, 0.0, 0.0, 0.0)  # a superellipse region that keeps every pixel
 _PADDING = [(0.0,) * (PRIM_COLUMNS - 4 - n) for n in range(PRIM_COLUMNS - 3)]  # zeros after n parameters
 
+
+@functools.cache
+def kernels():
+    """The compiled pixel loops (module ``raster``), imported on first use: importing numba and
+    loading them takes about a second, which only rendering needs to pay."""
+    from . import raster
+
+    return raster
+
+
 _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -356,9 +364,8 @@ class Painter:
     A painted pixel holds the code ``id + min(rel2, 0.999)``: the id of the
     last primitive covering it (painter's algorithm: later primitives cover
     earlier ones) and its squared normalised distance from that primitive's
-    axis, for shading. ``prims[id]`` is the primitive's (fill index, LIP
-    label, part label), so the label maps agree with the pixels by
-    construction. Python only computes geometry and appends one row per
+    axis, for shading. ``prims[id]`` is the primitive's (fill, LIP label,
+    part label), so the label maps agree with the pixels by construction. Python only computes geometry and appends one row per
     primitive; every pixel loop is compiled.
 
     With ``labels_on`` False, primitives are drawn with label 0 (background):
@@ -371,9 +378,7 @@ class Painter:
         self.cast = np.asarray(cast, dtype=np.float32)  # the camera's colour cast, applied to every fill
         self.h, self.w = img.shape[1:]
         self.code = np.zeros((self.h, self.w), dtype=np.float32)
-        self.fills: list[Fill] = []
-        self._fill_index: dict[int, int] = {}
-        self.prims: list[tuple[int, int, int]] = [(0, BG, BG)]  # (fill index, LIP label, part label); 0 = none
+        self.prims: list[tuple] = [(None, BG, BG)]  # (fill, LIP label, part label) by id; 0 = none
         self.labels_on = True
         self.bands = (-1e9, 1e9)  # elbow line, hip line
         self._rows: list[tuple] = []  # primitive rows awaiting ``raster.paint``
@@ -382,37 +387,29 @@ class Painter:
         """Row bands for torso garments (part label ``_ROWS``): ProFD splits the torso at elbow height."""
         self.bands = (elbow_y, hip_y)
 
-    def _new(self, fill: Fill, lip_label: int, part_label: int) -> int:
-        prims = self.prims
-        k = len(prims)
-        if k > 255:
-            raise RuntimeError("more than 255 primitives in one image")
-        fi = self._fill_index.get(id(fill))
-        if fi is None:
-            fi = self._fill_index[id(fill)] = len(self.fills)
-            self.fills.append(fill)
-        prims.append((fi, lip_label, part_label) if self.labels_on else (fi, BG, BG))
-        return k
-
     def _add(self, kind: int, fill: Fill, lip_label: int, part_label: int, params: tuple) -> None:
         params += _PADDING[len(params)]
-        if part_label != _ROWS or not self.labels_on:
-            self._rows.append((kind, self._new(fill, lip_label, part_label), 0, self.h, *params))
+        prims, rows = self.prims, self._rows
+        if not self.labels_on:
+            lip_label = part_label = BG
+        elif part_label == _ROWS:  # a torso garment: one primitive per row band (upper, lower torso, below)
+            edges = (0, *(min(max(math.ceil(b), 0), self.h) for b in self.bands), self.h)
+            for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
+                if b > a:
+                    rows.append((kind, len(prims), a, b) + params)
+                    prims.append((fill, lip_label, part))
             return
-        # a torso garment: one primitive per row band (upper torso, lower torso, below the hips)
-        edges = [0] + [min(max(math.ceil(b), 0), self.h) for b in self.bands] + [self.h]
-        for a, b, part in zip(edges[:-1], edges[1:], (P_UPPER, P_LOWER, P_LEGS)):
-            if b > a:
-                self._rows.append((kind, self._new(fill, lip_label, part), a, b, *params))
+        rows.append((kind, len(prims), 0, self.h) + params)
+        prims.append((fill, lip_label, part_label))
 
     def flush(self) -> None:
         """Paint the pending primitives into the code map."""
         if self._rows:
-            from . import raster
-
+            if len(self.prims) > 256:  # ids are stored in float32 codes and looked up as bytes
+                raise RuntimeError("more than 255 primitives in one image")
             rows = np.array(self._rows, dtype=np.float64)
             self._rows = []
-            raster.paint(self.code, rows)
+            kernels().paint(self.code, rows)
 
     def capsule(self, a, b, r, fill: Fill, lip_label: int, part_label: int) -> None:
         """A segment a-b thickened by r (limbs, neck, shoes)."""
@@ -436,21 +433,21 @@ class Painter:
     def body_mask(self) -> np.ndarray:
         """Pixels currently showing a labelled body primitive."""
         self.flush()
-        table = np.array([p[2] != 0 for p in self.prims], dtype=bool)
+        table = np.array([part != BG for _, _, part in self.prims], dtype=bool)
         return table.take(self.code.astype(np.uint8))
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Colour the painted pixels into ``img``; return (img, lip, part), ``img`` channels first."""
-        from . import raster
-
         self.flush()
-        tables = np.array(self.prims, dtype=np.uint8).T  # rows: fill, LIP label, part label of each primitive
-        fills = np.array([f.row() for f in self.fills] or np.zeros((1, FILL_COLUMNS)), dtype=np.float32)
+        index: dict[Fill, int] = {}  # each fill's row in the fill table, in order of first use
+        tables = np.array([(0 if f is None else index.setdefault(f, len(index)), lip, part)
+                           for f, lip, part in self.prims], dtype=np.uint8).T  # rows: fill, LIP, part label
+        fills = np.array([f.row() for f in index] or [(0.0,) * FILL_COLUMNS], dtype=np.float32)
         fills[:, 0:3] *= self.cast
         fills[:, 3:6] *= self.cast
         lip = np.empty((self.h, self.w), dtype=np.uint8)
         part = np.empty((self.h, self.w), dtype=np.uint8)
-        raster.resolve(self.code, self.img, tables[0], tables[1], tables[2], fills, lip, part)
+        kernels().resolve(self.code, self.img, tables[0], tables[1], tables[2], fills, lip, part)
         return self.img, lip, part
 
 
@@ -459,15 +456,22 @@ class Painter:
 
 @dataclass
 class FigureColours:
-    skin: np.ndarray
-    hair: np.ndarray
-    upper: np.ndarray
-    upper2: np.ndarray
-    lower: np.ndarray
-    lower2: np.ndarray
-    shoes: np.ndarray
-    hat: np.ndarray | None
-    bag: np.ndarray
+    """RGB triples in [0, 1] (``hat`` None: no hat)."""
+
+    skin: tuple
+    hair: tuple
+    upper: tuple
+    upper2: tuple
+    lower: tuple
+    lower2: tuple
+    shoes: tuple
+    hat: tuple | None
+    bag: tuple
+
+
+def _scaled(name: str, scale: float) -> tuple:
+    r, g, b = COLOUR_RGB[name]
+    return min(r * scale, 1.0), min(g * scale, 1.0), min(b * scale, 1.0)
 
 
 def figure_colours(ident: Identity, outfit: Outfit, rng: np.random.Generator, difficulty: float) -> FigureColours:
@@ -475,19 +479,12 @@ def figure_colours(ident: Identity, outfit: Outfit, rng: np.random.Generator, di
     jit = rng.uniform(1.0 - 0.12 * difficulty, 1.0 + 0.08 * difficulty, size=5).tolist()
     u, lo, sh = outfit.tint
     o = outfit
-    names = [o.upper_colour, o.upper_colour2, o.lower_colour, o.lower_colour2, o.shoes_colour, o.bag_colour]
-    scale = [u * jit[0], u * jit[0], lo * jit[1], lo * jit[1], sh * jit[2], jit[4]]
-    if o.hat != "none":
-        names.append(o.hat)
-        scale.append(jit[3])
-    rgb = _PALETTE.take([_PALETTE_INDEX[n] for n in names], axis=0)
-    rgb *= np.array(scale, dtype=np.float32)[:, None]
-    np.minimum(rgb, 1.0, out=rgb)
     return FigureColours(
-        skin=np.asarray(ident.skin_rgb, dtype=np.float32),
-        hair=np.asarray(ident.hair_rgb, dtype=np.float32),
-        upper=rgb[0], upper2=rgb[1], lower=rgb[2], lower2=rgb[3], shoes=rgb[4], bag=rgb[5],
-        hat=rgb[6] if o.hat != "none" else None,
+        skin=ident.skin_rgb, hair=ident.hair_rgb,
+        upper=_scaled(o.upper_colour, u * jit[0]), upper2=_scaled(o.upper_colour2, u * jit[0]),
+        lower=_scaled(o.lower_colour, lo * jit[1]), lower2=_scaled(o.lower_colour2, lo * jit[1]),
+        shoes=_scaled(o.shoes_colour, sh * jit[2]), bag=_scaled(o.bag_colour, jit[4]),
+        hat=_scaled(o.hat, jit[3]) if o.hat != "none" else None,
     )
 
 
@@ -802,8 +799,6 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     round(2 sigma^2) passes of a [1,2,1]/4 kernel (each adds variance 1/2),
     sigma = ``cam.blur`` scaled with height (``raster.expose`` does the pixels).
     """
-    from . import raster
-
     h, w = img.shape[1:]
     z, oy, ox = rng.random(3).tolist()
     gain = cam.gain * (1.0 + 0.06 * difficulty * (2.0 * z - 1.0) * math.sqrt(3.0)) * cam.contrast * 255.0
@@ -812,7 +807,7 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     noise = _noise_bank(h, w, 255.0 * cam.noise) if cam.noise > 0 else _NO_NOISE
     # RGBX (RGB and a pad byte) is PIL's own layout of RGB: the image wraps this array without a copy
     rgbx = np.zeros((h, w, 4), dtype=np.uint8)
-    raster.expose(img, rows, 255.0 * 0.5 * (1.0 - cam.contrast) + 0.5, int(round(2.0 * sigma * sigma)), noise,
+    kernels().expose(img, rows, 255.0 * 0.5 * (1.0 - cam.contrast) + 0.5, int(round(2.0 * sigma * sigma)), noise,
                   int(oy * h), int(ox * w), rgbx)
     pil = Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)
     if cam.lowres > 1.05:

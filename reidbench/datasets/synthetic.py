@@ -821,8 +821,7 @@ def _run_jobs(jobs: list[tuple], workers: int) -> Iterable[list[dict]]:
 def _pool(processes: int):
     """A worker pool. The renderer's compiled kernels are loaded here first: forked workers inherit
     them, where each would otherwise spend about a second importing numba and loading them."""
-    from . import raster  # noqa: F401
-
+    R.kernels()
     return _pool_context().Pool(processes=processes)
 
 
