@@ -3,17 +3,18 @@
     python bench/synth_speed.py [--ids 300] [--workers 2] [--out /tmp/reidbench_synth_speed]
     python bench/synth_speed.py --breakdown      # where one worker's time goes, per image
 
-Prints one machine-readable line: ``SUMMARY images=... seconds=... images_per_s=...``.
-Target on the 2-core reference machine: >= 1,000 images/s at 128x64.
+Prints one machine-readable line: ``SUMMARY images=... seconds=... images_per_s=... import_seconds=...``.
+Target on the 2-core reference machine: >= 1,000 images/s at 128x64. ``images_per_s`` times
+``synthesize`` after the imports (as before numba); ``import_seconds`` is the one-off cost of
+importing numba and loading the compiled kernels (about 1 s per process, once they are cached).
 
 ``--breakdown`` renders 600 images of the flavor in this process, one step at a time,
 and prints milliseconds per image for each step: drawing (``render_spec``), the JPEG,
 the two label-map PNGs, the per-image RNG, the texts, and writing the three files
-under ``--out``. On 2026-11-23 (market, difficulty 0.5), in ms per image, measured side by
-side with the code before that day's changes (the host's speed drifted by a quarter within the
-hour, so only same-run ratios mean much): render 1.49 (1.93 before), JPEG 0.155 (0.245), PNGs
-0.12 (0.13), RNG 0.074 (0.083; a new generator per image, now re-keyed), texts 0.02, three writes to /dev/shm 0.16-0.18. Two workers at
-1,000 images/s need 2 ms per image each, everything included.
+under ``--out``. Session 6 (2026-11-23, market, difficulty 0.5), three runs alternated with
+the numpy renderer it replaced, ms per image: render 0.65-0.79 (numpy: 1.36-1.46), JPEG
+0.12-0.14, PNGs 0.10-0.12, writes to /dev/shm 0.13-0.15; everything 1.03-1.22 (1.79-1.92).
+The host's speed drifts by a quarter within an hour, so only alternated runs compare.
 """
 
 import argparse

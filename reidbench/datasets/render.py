@@ -1,4 +1,4 @@
-"""Vectorised numpy renderer of person-like figures with known factors.
+"""Renderer of person-like figures with known factors.
 
 The synthetic benchmark (``reidbench.datasets.synthetic``) needs images whose
 every factor is known: who the person is (identity), what they wear (outfit),
@@ -8,10 +8,11 @@ image from those factors and returns, beside the image, the exact 5-part
 ProFD label map and the 20-class LIP parsing map.
 
 Drawing is painter's-algorithm over a handful of primitives (capsules for
-limbs, trapezoids for torso and skirt, super-ellipses for the head). Each
-primitive is evaluated with numpy only inside its bounding box, and every
-primitive writes its colour, its LIP label and its part label at once, so the
-label maps agree with the pixels by construction. Pixels covered by an
+limbs, trapezoids for torso and skirt, super-ellipses for the head). Python
+computes the figure's geometry and records one row of numbers per primitive;
+the compiled loops of ``raster`` evaluate each primitive inside its bounding
+box, and every primitive writes its colour, its LIP label and its part label
+at once, so the label maps agree with the pixels by construction. Pixels covered by an
 occluder (or by a bag, which neither LIP nor ProFD has a class for) are
 background in both maps.
 
