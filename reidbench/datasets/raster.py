@@ -2,16 +2,15 @@
 
 ``render.Painter`` records primitives as rows of numbers (the layout is
 defined beside it: ``render.PRIM_COLUMNS``, ``render.FILL_COLUMNS``); these
-kernels turn them into pixels. They are the renderer's only per-pixel code: the numpy
-version they replaced spent most of its time in numpy's per-call overhead (a
-32x16 image cost 72 % of a 128x64 one), and one compiled pass per image costs
-a few microseconds of call overhead instead (``bench/synth_speed.py`` measures
-the generator).
+kernels turn them into an image and its label maps. The numpy renderer they
+replaced spent most of its time in numpy's per-call overhead (a 32x16 image
+cost 72 % of a 128x64 one); here one call per step of an image costs a few
+microseconds (``bench/synth_speed.py`` measures the generator).
 
 Signatures are given explicitly, so the kernels compile when this module is
-imported (about 5 s the first time: ``cache=True`` keeps the machine code beside the
-source, or in numba's user cache where that is read-only) and a wrong dtype or
-layout is an error at the call, not a silent recompilation.
+imported (about 5 s the first time: ``cache=True`` keeps the machine code
+beside the source, or in numba's user cache where that is read-only) and a
+wrong dtype or layout is an error at the call, not a silent recompilation.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ limbs, trapezoids for torso and skirt, super-ellipses for the head). Python
 computes the figure's geometry and records one row of numbers per primitive;
 the compiled loops of ``raster`` evaluate each primitive inside its bounding
 box, and every primitive writes its colour, its LIP label and its part label
-at once, so the label maps agree with the pixels by construction. Pixels covered by an
-occluder (or by a bag, which neither LIP nor ProFD has a class for) are
-background in both maps.
+at once, so the label maps agree with the pixels by construction. Pixels
+covered by an occluder (or by a bag, which neither LIP nor ProFD has a class
+for) are background in both maps.
 
 Identity cues that are not colours exist on purpose: body proportions
 (shoulder/hip widths, torso/leg ratio, limb thickness), head size and shape
@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -366,8 +365,9 @@ class Painter:
     last primitive covering it (painter's algorithm: later primitives cover
     earlier ones) and its squared normalised distance from that primitive's
     axis, for shading. ``prims[id]`` is the primitive's (fill, LIP label,
-    part label), so the label maps agree with the pixels by construction. Python only computes geometry and appends one row per
-    primitive; every pixel loop is compiled.
+    part label), so the label maps agree with the pixels by construction.
+    Python only computes geometry and appends one row per primitive; every
+    pixel loop is compiled.
 
     With ``labels_on`` False, primitives are drawn with label 0 (background):
     that is how occluders, bags and an occluding second pedestrian hide the
