@@ -1051,7 +1051,7 @@ def tokenizer_corpus(n_people: int = 500, seed: int = 12345) -> list[str]:
 
 
 def source_fingerprint() -> str:
-    """Hash of the generator's source (this module and the renderer): a cache key for anything
+    """Hash of the generator's source (this module, the renderer and its kernels): a cache key for anything
     derived from synthetic data (tokenizer, pretrained CLIP, generated benchmarks)."""
     digest = hashlib.sha256()
     for module in (__file__, R.__file__, Path(R.__file__).with_name("raster.py")):
