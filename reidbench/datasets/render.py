@@ -808,8 +808,8 @@ def apply_camera(img: np.ndarray, cam: Camera, rng: np.random.Generator, difficu
     noise = _noise_bank(h, w, 255.0 * cam.noise) if cam.noise > 0 else _NO_NOISE
     # RGBX (RGB and a pad byte) is PIL's own layout of RGB: the image wraps this array without a copy
     rgbx = np.zeros((h, w, 4), dtype=np.uint8)
-    kernels().expose(img, rows, 255.0 * 0.5 * (1.0 - cam.contrast) + 0.5, int(round(2.0 * sigma * sigma)), noise,
-                  int(oy * h), int(ox * w), rgbx)
+    kernels().expose(img, rows, 255.0 * 0.5 * (1.0 - cam.contrast) + 0.5, int(round(2.0 * sigma * sigma)),
+                     noise, int(oy * h), int(ox * w), rgbx)
     pil = Image.frombuffer("RGBX", (w, h), rgbx, "raw", "RGBX", 0, 1)
     if cam.lowres > 1.05:
         small = (max(int(round(w / cam.lowres)), 4), max(int(round(h / cam.lowres)), 8))

@@ -967,15 +967,16 @@ def _pretrain_chunk(job: tuple) -> tuple[np.ndarray, list[str], list[dict]]:
     cfg, n_ids, indices = job
     world = _world(cfg)
     images, captions, attributes = [], [], []
+    plan_rng, rng = _rng(cfg.seed, _S_PLAN, _PRETRAIN_NS), _rng(cfg.seed, _S_IMAGE, _PRETRAIN_NS)
     for i in indices:
-        plan_rng = _rng(cfg.seed, _S_PLAN, _PRETRAIN_NS, i)
+        _rekey(plan_rng, cfg.seed, _S_PLAN, _PRETRAIN_NS, i)
         k = 1 + int(plan_rng.integers(n_ids))
         outfits, uni = wardrobe(cfg.seed, _PRETRAIN_NS, k, n_ids, cfg.difficulty)
         slot = int(plan_rng.integers(OUTFITS_PER_ID))
         spec = ImageSpec(index=i, rel="", pid=k, camid=0, ns=_PRETRAIN_NS, k=k, outfit_ns=_PRETRAIN_NS,
                          outfit=outfits[slot], outfit_slot=slot, uniform=uni and slot == 0,
                          camera=int(plan_rng.integers(NUM_CAMERAS["pretrain"])), p_occluded=0.15)
-        rng = _rng(cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
+        _rekey(rng, cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
         res, attrs = render_spec(world, _PRETRAIN_NS, spec, rng)
         images.append(np.asarray(res.image)[..., :3])
         scgi, ids, clothes, pedes_styles = world.texts(_PRETRAIN_NS, k, _PRETRAIN_NS, spec.outfit)
