@@ -34,6 +34,7 @@ import gc
 import sys
 from dataclasses import dataclass
 
+from reidbench.methods import DataSpec
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -79,7 +80,7 @@ def build(method_name: str, num_classes: int, image_size: tuple[int, int], param
     cls = get_method(method_name)
     config = from_dict(cls.config_cls, merge(cls.PRESETS.get("paper", {}), params or {}))
     backbone = build_clip("vit-b16", pretrained=None, image_size=image_size)
-    return cls(config, backbone, num_classes=num_classes).eval()
+    return cls(config, backbone, DataSpec(num_classes)).eval()
 
 
 def component_counts(method: torch.nn.Module) -> dict[str, int]:

@@ -27,6 +27,7 @@ import argparse
 import math
 import time
 
+from reidbench.methods import DataSpec
 import torch
 
 
@@ -57,7 +58,8 @@ def batch_of(indices: torch.Tensor, per_id: int, image_size: tuple[int, int], de
 
 def time_stage(method, stage, batches: list[dict], clean: list[dict], steps: int, warmup: int, amp: bool,
                sync: bool, device: torch.device) -> tuple[float, dict[str, float]]:
-    from reidbench.harness.trainer import _StepModule, build_optimizer, set_trainable
+    from reidbench.harness.optim import build_optimizer, set_trainable
+    from reidbench.harness.trainer import _StepModule
 
     set_trainable(method, stage)
     method.begin_stage(stage, lambda: iter(clean))
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         config = from_dict(cls.config_cls, cls.PRESETS.get(args.method_preset, {}))
         torch.manual_seed(0)
         backbone = build_clip(args.preset, pretrained=None, image_size=image_size)
-        method = cls(config, backbone, num_classes=args.classes, num_cameras=6).to(device)
+        method = cls(config, backbone, DataSpec(args.classes, 6)).to(device)
         for stage in method.stages():
             for amp in choices[args.amp]:
                 for sync in choices[args.sync]:

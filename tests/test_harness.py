@@ -175,7 +175,7 @@ def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
 def test_validation_split_mirrors_the_cross_camera_test_protocol():
     from reidbench.datasets.records import Sample
     from reidbench.harness.evaluate import rank_metrics
-    from reidbench.harness.trainer import split_validation
+    from reidbench.harness.validation import split_validation
 
     # ids 0..9, ids not divisible by 3 seen by two cameras, three images per camera
     train = [Sample(f"{p:04d}_c{c}_{i}.jpg", pid=p, camid=c) for p in range(10) for c in range(1 + (p % 3 > 0))
@@ -210,7 +210,7 @@ def test_validation_split_mirrors_the_cross_camera_test_protocol():
 def test_epochs_scale_stretches_the_whole_schedule():
     """Four times the epochs must keep the warmup and the lr drops at the same fractions
     of the run (unscaled milestones would freeze the last three quarters at lr x 0.01)."""
-    from reidbench.harness.trainer import lr_factor, scale_schedule
+    from reidbench.harness.optim import lr_factor, scale_schedule
     from reidbench.methods.base import Stage
 
     stage = Stage(name="image", epochs=12, lr=1e-4, trainable=("",), schedule="steps", warmup_epochs=2,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fakes import FakeCLIP, chunks, identity_batch
+from reidbench.methods import DataSpec
 from reidbench.config import ConfigError, from_dict, merge
 from reidbench.methods import Method, Stage, get_method, list_methods
 from reidbench.methods.baseline import Baseline, BaselineConfig
@@ -50,7 +51,7 @@ def train_steps(method, stage, batch, steps, lr):
 def fake_clip_reid(**overrides):
     torch.manual_seed(0)
     cfg = from_dict(ClipReidConfig, overrides)
-    return ClipReid(cfg, FakeCLIP(num_cameras=2), num_classes=NUM_CLASSES, num_cameras=2)
+    return ClipReid(cfg, FakeCLIP(num_cameras=2), DataSpec(NUM_CLASSES, 2))
 
 
 # ------------------------------------------------------------- registry
@@ -277,7 +278,7 @@ def test_embed_image_feature_convention_and_sie_switch():
 
 def test_baseline_single_stage_reduces_id_and_triplet_loss():
     torch.manual_seed(0)
-    method = Baseline(BaselineConfig(), FakeCLIP(), num_classes=NUM_CLASSES)
+    method = Baseline(BaselineConfig(), FakeCLIP(), DataSpec(NUM_CLASSES))
     (stage,) = method.stages()
     assert (stage.name, stage.epochs, stage.lr) == ("image", 60, 5e-6)
     assert dict(stage.loss_weights) == {"id": 0.25, "triplet": 1.0}
@@ -318,7 +319,7 @@ def test_clip_reid_two_stages_on_the_real_tiny_backbone(tiny_clip):
     import copy
 
     backbone = copy.deepcopy(tiny_clip)
-    method = ClipReid(ClipReidConfig(), backbone, num_classes=NUM_CLASSES, num_cameras=2)
+    method = ClipReid(ClipReidConfig(), backbone, DataSpec(NUM_CLASSES, 2))
     s1, s2 = method.stages()
     batch = make_batch(size=backbone.image_size)
     method.begin_stage(s1, lambda: chunks(batch, 4))
@@ -340,7 +341,7 @@ def test_clip_reid_two_stages_on_the_real_tiny_backbone(tiny_clip):
 def test_baseline_on_the_real_tiny_backbone(tiny_clip):
     import copy
 
-    method = Baseline(BaselineConfig(), copy.deepcopy(tiny_clip), num_classes=NUM_CLASSES)
+    method = Baseline(BaselineConfig(), copy.deepcopy(tiny_clip), DataSpec(NUM_CLASSES))
     (stage,) = method.stages()
     batch = make_batch(size=method.backbone.image_size)
     losses, terms = train_steps(method, stage, batch, steps=6, lr=1e-4)

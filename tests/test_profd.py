@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fakes import FakeCLIP, chunks, identity_batch
+from reidbench.methods import DataSpec
 from reidbench.config import ConfigError, from_dict
 from reidbench.harness.evaluate import rank_metrics, rank_metrics_from_features
 from reidbench.methods import get_method
@@ -57,7 +58,7 @@ def make_batch(seed: int = 0, n_per_id: int = 2) -> dict:
 def fake_profd(**overrides) -> ProFD:
     torch.manual_seed(0)
     cfg = from_dict(ProFDConfig, {"n_ctx": 2, **overrides})
-    return ProFD(cfg, FakeCLIP(num_cameras=2), num_classes=NUM_CLASSES, num_cameras=2)
+    return ProFD(cfg, FakeCLIP(num_cameras=2), DataSpec(NUM_CLASSES, 2))
 
 
 def ready(method: ProFD, batch: dict):
@@ -551,7 +552,7 @@ def test_real_tiny_backbone_step_and_embedding():
     torch.manual_seed(0)
     backbone = build_clip("tiny", pretrained=None)
     assert backbone.patch_grid == (8, 4) and backbone.embed_dim % 8 == 0
-    method = ProFD(from_dict(ProFDConfig, ProFD.PRESETS["tiny"]), backbone, num_classes=2)
+    method = ProFD(from_dict(ProFDConfig, ProFD.PRESETS["tiny"]), backbone, DataSpec(2))
     n = 4
     mask = torch.zeros(n, 128, 64, dtype=torch.long)
     for k in range(NUM_PARTS):

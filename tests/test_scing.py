@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fakes import FakeCLIP, chunks, identity_batch
+from reidbench.methods import DataSpec
 from reidbench.config import from_dict, merge
 from reidbench.methods import get_method
 from reidbench.methods.scing import (
@@ -39,8 +40,7 @@ def make_batch(size=(32, 16), seed=0, n_per_id=2):
 def scing(backbone=None, **overrides) -> Scing:
     torch.manual_seed(0)
     cfg = from_dict(ScingConfig, overrides)
-    return Scing(cfg, backbone if backbone is not None else FakeCLIP(num_cameras=2), num_classes=NUM_CLASSES,
-                 num_cameras=2)
+    return Scing(cfg, backbone if backbone is not None else FakeCLIP(num_cameras=2), DataSpec(NUM_CLASSES, 2))
 
 
 def train_steps(method, stage, batch, steps, lr):

@@ -14,6 +14,7 @@ _EXPORTS = {
              "get_preset", "interpolate_pos_embedding", "list_presets"),
     "tokenizer": ("ClipTokenizer", "cache_root", "default_word_tokenizer", "load_tokenizer", "train_word_tokenizer"),
     "pretrain_config": ("PretrainConfig",),
+    "registry": ("build_backbone", "list_backbones", "register_backbone"),
     "pretrain": ("pretrain_tiny", "ensure_pretrained_tiny", "zero_shot_attribute_accuracy"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -39,6 +40,7 @@ __all__ = [
     "PretrainConfig",
     "PretrainedCLIPNotFound",
     "ReidCLIP",
+    "build_backbone",
     "build_clip",
     "cache_root",
     "check_pretrained_dir",
@@ -47,9 +49,11 @@ __all__ = [
     "ensure_pretrained_tiny",
     "get_preset",
     "interpolate_pos_embedding",
+    "list_backbones",
     "list_presets",
     "load_tokenizer",
     "pretrain_tiny",
+    "register_backbone",
     "train_word_tokenizer",
     "zero_shot_attribute_accuracy",
 ]

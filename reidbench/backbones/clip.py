@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import register_backbone
 from .tokenizer import ClipTokenizer, default_word_tokenizer, has_tokenizer_files, load_tokenizer
 
 # OpenAI CLIP's pixel statistics (the normalisation its weights were trained with).
@@ -649,6 +650,11 @@ def build_clip(
     model = ReidCLIP(config, tokenizer, **common)
     model.load_hf_state_dict(state, source_grid, pos_interpolation)
     return model
+
+
+@register_backbone("clip")
+def _clip_kind(preset: str, pretrained, image_size, num_cameras: int) -> ReidCLIP:
+    return build_clip(preset, pretrained=pretrained, image_size=image_size, num_cameras=num_cameras)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -40,6 +40,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
+    kind: str = "clip"  # a registered backbone kind (reidbench.backbones.list_backbones())
     preset: str = "tiny"
     pretrained: str | None = "synthetic"  # None: random init; "synthetic": cached tiny CLIP; else a local HF dir
     sie: bool = False  # CLIP-ReID's side-information (camera) embedding

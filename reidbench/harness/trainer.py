@@ -13,8 +13,6 @@ It runs in-process for a single worker and inside Ray Train workers otherwise;
 
 from __future__ import annotations
 
-import bisect
-import math
 import os
 import random
 import time
@@ -27,8 +25,10 @@ import torch
 from torch import nn
 
 from ..datasets import ReidDataset, Sample, build_dataset
-from ..methods import Method, Stage, get_method
+from ..methods import LOGGED, DataSpec, Method, Stage, get_method, list_methods
 from . import checkpoint as ckpt
+from .optim import build_optimizer, lr_factor, scale_schedule, set_lr, set_trainable, stage_epochs
+from .validation import split_validation
 from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
 from .rerank import k_reciprocal_rerank
 from .run_config import EvalConfig, RunConfig, method_config, resolved_dict
@@ -67,116 +67,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def lr_factor(stage: Stage, epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier for ``epoch`` (0-based): linear warmup from
-    ``warmup_factor``, then cosine to 0, step decay at ``milestones``, or constant."""
-    if epoch < stage.warmup_epochs:
-        alpha = epoch / stage.warmup_epochs
-        return stage.warmup_factor * (1 - alpha) + alpha
-    if stage.schedule == "cosine":
-        t = (epoch - stage.warmup_epochs) / max(1, epochs - stage.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if stage.schedule == "steps":
-        return stage.gamma ** bisect.bisect_right(stage.milestones, epoch)
-    return 1.0
-
-
-def scale_schedule(stage: Stage, scale: float) -> Stage:
-    """``stage`` with its epochs, warmup and step milestones all multiplied by ``scale``
-    (``optim.epochs_scale``): a longer or shorter run keeps the schedule's shape.
-    Epochs round up (at least 1); warmup and milestones round to the nearest epoch."""
-    if scale == 1.0:
-        return stage
-    return replace(stage, epochs=max(1, math.ceil(stage.epochs * scale)),
-                   warmup_epochs=int(round(stage.warmup_epochs * scale)),
-                   milestones=tuple(int(round(m * scale)) for m in stage.milestones))
-
-
-def stage_epochs(stage: Stage, cfg: RunConfig) -> int:
-    return scale_schedule(stage, cfg.optim.epochs_scale).epochs
-
-
-def set_trainable(method: nn.Module, stage: Stage) -> list[str]:
-    """Freeze every parameter outside the stage's ``trainable`` prefixes; return the trained names."""
-    names = []
-    for name, p in method.named_parameters():
-        p.requires_grad_(any(name.startswith(prefix) for prefix in stage.trainable))
-        if p.requires_grad:
-            names.append(name)
-    if not names:
-        raise ValueError(f"stage {stage.name!r}: no parameter matches trainable prefixes {stage.trainable}")
-    return names
-
-
-def build_optimizer(method: nn.Module, stage: Stage) -> torch.optim.Optimizer:
-    groups: dict[float, list[nn.Parameter]] = {}
-    for name, p in method.named_parameters():
-        if not p.requires_grad:
-            continue
-        mult = next((m for prefix, m in stage.param_groups if name.startswith(prefix)), 1.0)
-        groups.setdefault(mult, []).append(p)
-    param_groups = [{"params": ps, "lr": stage.lr * m, "base_lr": stage.lr * m} for m, ps in groups.items()]
-    if stage.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=stage.lr, weight_decay=stage.weight_decay)
-    if stage.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=stage.lr, weight_decay=stage.weight_decay)
-    return torch.optim.SGD(param_groups, lr=stage.lr, momentum=0.9, weight_decay=stage.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factor
-    return optimizer.param_groups[0]["lr"]
-
-
-def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """Hold out ``fraction`` of the training identities for model selection.
-
-    Returns (train relabelled 0..M-1, val query, val gallery). Validation mirrors the
-    test protocol (``standard``: same-camera positives are junk): with same-camera
-    positives counted, validation mostly measured how well a model matches a camera's
-    background (on the synthetic benchmarks an image's nearest neighbours are other
-    images from its camera), not the cross-camera matching the test scores.
-
-    Every held-out image of an identity seen by two or more cameras is a query, and
-    the gallery is every held-out image: under the standard protocol a query's own
-    image and its same-camera matches are junk, so each query ranks the identity's
-    other-camera images among all held-out identities (leave-one-out). With ~8
-    held-out identities one query per (identity, camera) gave 15-31 queries, a val
-    mAP too coarse to pick an epoch (ProFD seed 1 on synthetic_occluded chose epoch
-    2 of 12); all images give ~100. If no held-out identity has two cameras, the first
-    image of each identity is a query with camera id -1 (no junk) and the rest are
-    gallery.
-    """
-    pids = sorted({s.pid for s in train})
-    n_val = int(round(len(pids) * fraction))
-    if fraction <= 0 or n_val == 0:
-        return train, [], []
-    if len(pids) - n_val < 2:
-        raise ValueError(f"val_fraction={fraction} leaves fewer than 2 training identities out of {len(pids)}")
-    rng = random.Random(seed)
-    val_pids = set(rng.sample(pids, n_val))
-    keep = [s for s in train if s.pid not in val_pids]
-    relabel = {p: i for i, p in enumerate(sorted({s.pid for s in keep}))}
-    keep = [replace(s, pid=relabel[s.pid]) for s in keep]
-    by_pid: dict[int, list[Sample]] = {}
-    for s in sorted((s for s in train if s.pid in val_pids), key=lambda s: s.path):
-        by_pid.setdefault(s.pid, []).append(s)
-    query, gallery = [], []
-    if any(len({s.camid for s in items}) > 1 for items in by_pid.values()):
-        for items in by_pid.values():
-            if len({s.camid for s in items}) > 1:
-                query.extend(items)
-            gallery.extend(items)
-        return keep, query, gallery
-    for items in by_pid.values():
-        if len(items) < 2:
-            continue
-        query.append(replace(items[0], camid=-1))
-        gallery.extend(items[1:])
-    return keep, query, gallery
 
 
 def loader_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
@@ -300,15 +190,23 @@ def load_dataset(cfg: RunConfig) -> ReidDataset:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
-    from ..backbones import build_clip
+    """Read the data, hold out validation identities and build the method, checking
+    before anything trains that the method handles the dataset's task."""
+    from ..backbones import build_backbone
 
+    method_cls = get_method(cfg.method)
     dataset = load_dataset(cfg)
+    if dataset.task not in method_cls.tasks:
+        raise ValueError(f"method {cfg.method!r} handles {' and '.join(method_cls.tasks)} ReID, but dataset "
+                         f"{cfg.data.dataset!r} is a {dataset.task} ReID benchmark; pick a {dataset.task} method "
+                         f"({', '.join(m for m in list_methods() if dataset.task in get_method(m).tasks)})")
     train, vq, vg = split_validation(dataset.splits["train"], cfg.data.val_fraction, cfg.seed)
     num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
-    backbone = build_clip(cfg.backbone.preset, pretrained=cfg.backbone.pretrained, image_size=cfg.data.image_size,
-                          num_cameras=num_cameras if cfg.backbone.sie else 0)
-    method_cls = get_method(cfg.method)
-    method = method_cls(method_config(cfg), backbone, num_classes=len({s.pid for s in train}), num_cameras=num_cameras)
+    spec = DataSpec(num_classes=len({s.pid for s in train}), num_cameras=num_cameras,
+                    num_clothes=len({s.clothes_id for s in train if s.clothes_id is not None}), task=dataset.task)
+    backbone = build_backbone(cfg.backbone.kind, cfg.backbone.preset, cfg.backbone.pretrained,
+                              image_size=cfg.data.image_size, num_cameras=num_cameras if cfg.backbone.sie else 0)
+    method = method_cls(method_config(cfg), backbone, spec)
     return Prepared(dataset, train, vq, vg, method, tuple(backbone.image_size))
 
 
@@ -334,13 +232,13 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         raise ValueError(f"data.p={cfg.data.p} identities per batch must divide evenly over {env.world_size} workers")
     # The global batch stays P x K whatever the worker count: each rank takes P / world identities.
     train_loader = build_train_loader(prep.train, prep.image_size, cfg.data.p // env.world_size, cfg.data.k, cfg.seed,
-                                      rank=env.rank, world_size=env.world_size, with_masks=method.uses_masks,
+                                      rank=env.rank, world_size=env.world_size, with_masks=method.reads_label_maps(),
                                       num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size))
     final_metrics: dict[str, float] = {}
 
     def clean_batches() -> Iterable[dict]:
         for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size,
-                                       with_masks=method.uses_masks):
+                                       with_masks=method.reads_label_maps()):
             yield to_device(batch, env.device)
 
     for stage_index in range(state["stage_index"], len(stages)):
@@ -476,7 +374,8 @@ def run_epoch(module, engine, optimizer, loader, stage: Stage, weights: dict[str
             break
         batch = to_device(batch, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.optim.amp):
-            terms = module(batch, stage)
+            terms = dict(module(batch, stage))
+        logged = {name: float(value) for name, value in terms.pop(LOGGED, {}).items()}
         loss = sum(weights.get(name, 1.0) * value for name, value in terms.items())
         if engine is not None:
             engine.backward(loss)
@@ -489,8 +388,8 @@ def run_epoch(module, engine, optimizer, loader, stage: Stage, weights: dict[str
                                                    cfg.optim.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0.0) + float(value.detach())
+        for name, value in [*((k, float(v.detach())) for k, v in terms.items()), *logged.items()]:
+            totals[name] = totals.get(name, 0.0) + value
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         n += 1
     means = {k: v / max(n, 1) for k, v in totals.items()}

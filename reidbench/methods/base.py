@@ -11,10 +11,18 @@ Batch dict keys the harness provides (tensors unless noted):
   parsing [B,H,W] long LIP labels when present; visible [B,5] bool part visibility;
   has_mask, has_parsing [B] bool (False: that sample's map is zeros because the
   dataset has none, not because every part is occluded);
-  captions: list[str] (one caption per sample, "" when none).
-Label maps (mask, parsing, visible) are read only for methods that set
-``uses_masks``; for the others they are zeros with ``has_mask`` False (reading and
-augmenting them cost a third of the loader's time).
+  one ``list[str]`` per text kind the method requires (``caption``,
+  ``id_description``, ``clothes_description``; see ``TEXT_KINDS``).
+Label maps (mask, parsing, visible) are read only for methods that require
+``mask`` or ``parsing``; for the others they are zeros with ``has_mask`` False
+(reading and augmenting them cost a third of the loader's time).
+
+What a method needs from the data is declared once, in ``requires`` (names from
+``REQUIREMENTS``); the harness checks the training split has it before step 1.
+
+``training_step`` returns named loss terms, summed with the stage's weights. Values
+to log without adding them to the loss (learned loss weights, gate means) go in a
+nested dict under the key ``LOGGED``; they must be detached or are detached.
 """
 
 from __future__ import annotations
@@ -28,6 +36,24 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+TEXT_KINDS = ("caption", "id_description", "clothes_description")
+REQUIREMENTS = ("mask", "parsing", "clothes_id", *TEXT_KINDS)
+LOGGED = "logged"  # training_step key whose dict of values is logged, never summed into the loss
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method is built with, read from the training split after the
+    validation identities are held out: identities (``num_classes``, pids 0..N-1),
+    cameras (camids 0..C-1), clothes ids (relabelled 0..K-1 like pids; 0 when the
+    dataset has none) and the dataset's task (``image`` or ``text``)."""
+
+    num_classes: int
+    num_cameras: int = 0
+    num_clothes: int = 0
+    task: str = "image"
 
 
 @dataclass(frozen=True)
@@ -62,15 +88,27 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     config_cls: ClassVar[type] = object
     tasks: ClassVar[tuple[str, ...]] = ("image",)  # dataset tasks it handles: "image" and/or "text"
-    uses_masks: ClassVar[bool] = False  # reads mask / parsing / visible (else the loader skips them)
+    requires: ClassVar[tuple[str, ...]] = ()  # what it reads from the data, names from REQUIREMENTS
     PRESETS: ClassVar[dict[str, dict]] = {}  # preset name -> config overrides ("tiny" for CPU; "paper")
 
-    def __init__(self, config: Any, backbone: nn.Module, num_classes: int, num_cameras: int = 0) -> None:
+    def __init__(self, config: Any, backbone: nn.Module, spec: DataSpec) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.num_classes = num_classes
-        self.num_cameras = num_cameras
+        self.spec = spec
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def num_cameras(self) -> int:
+        return self.spec.num_cameras
+
+    @classmethod
+    def reads_label_maps(cls) -> bool:
+        """Whether the loader must read part masks / parsing maps for this method."""
+        return bool({"mask", "parsing"} & set(cls.requires))
 
     # -- training --------------------------------------------------------
     def stages(self) -> list[Stage]:
@@ -108,6 +146,9 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method {cls.name!r} registered twice")
     if not dataclasses.is_dataclass(cls.config_cls):
         raise TypeError(f"method {cls.name!r}: config_cls must be a dataclass")
+    unknown = sorted(set(cls.requires) - set(REQUIREMENTS))
+    if unknown:
+        raise ValueError(f"method {cls.name!r} requires unknown data {unknown}; known: {', '.join(REQUIREMENTS)}")
     _METHODS[cls.name] = cls
     return cls
 
@@ -130,4 +171,5 @@ def _load_methods() -> None:
     from . import zoo  # noqa: F401  (importing registers every method)
 
 
-__all__ = ["Method", "Stage", "get_method", "list_methods", "register_method"]
+__all__ = ["LOGGED", "REQUIREMENTS", "TEXT_KINDS", "DataSpec", "Method", "Stage", "get_method", "list_methods",
+           "register_method"]

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from .base import Method, Stage, register_method
+from .base import DataSpec, Method, Stage, register_method
 from .components import DualNeckHead, ImageStageConfig, PresetConfig, encode_images, image_side_prefixes
 
 IMAGE_STAGE = "image"
@@ -48,9 +48,9 @@ class Baseline(Method):
     config_cls = BaselineConfig
     PRESETS = {"paper": BaselineConfig.preset("paper"), "tiny": BaselineConfig.preset("tiny")}
 
-    def __init__(self, config: BaselineConfig, backbone: torch.nn.Module, num_classes: int,
-                 num_cameras: int = 0) -> None:
-        super().__init__(config, backbone, num_classes, num_cameras)
+    def __init__(self, config: BaselineConfig, backbone: torch.nn.Module, spec: DataSpec) -> None:
+        super().__init__(config, backbone, spec)
+        num_classes = spec.num_classes
         self.head = DualNeckHead(backbone.vision_width, backbone.embed_dim, num_classes)
         self.objective = config.image.objective()
 

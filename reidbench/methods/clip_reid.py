@@ -52,7 +52,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import torch
 import torch.nn.functional as F
 
-from .base import Method, Stage, register_method
+from .base import DataSpec, Method, Stage, register_method
 from .components import (
     DualNeckHead,
     FeatureBank,
@@ -120,9 +120,9 @@ class ClipReid(Method):
     config_cls = ClipReidConfig
     PRESETS = {"paper": ClipReidConfig.preset("paper"), "tiny": ClipReidConfig.preset("tiny")}
 
-    def __init__(self, config: ClipReidConfig, backbone: torch.nn.Module, num_classes: int,
-                 num_cameras: int = 0) -> None:
-        super().__init__(config, backbone, num_classes, num_cameras)
+    def __init__(self, config: ClipReidConfig, backbone: torch.nn.Module, spec: DataSpec) -> None:
+        super().__init__(config, backbone, spec)
+        num_classes = spec.num_classes
         self.prompt_learner = PromptLearner(backbone.token_embedding, backbone.tokenizer, num_classes,
                                             n_ctx=config.n_ctx, template=config.prompt_template,
                                             init_std=config.ctx_init_std)

@@ -114,7 +114,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from .base import Method, Stage, register_method
+from .base import DataSpec, Method, Stage, register_method
 from .components import (
     BNNeck,
     CrossEntropyLabelSmooth,
@@ -523,12 +523,13 @@ class ProFD(Method):
     """Prompt-guided feature disentangling (see the module docstring)."""
 
     name = "profd"
-    uses_masks = True
+    requires = ("mask",)
     config_cls = ProFDConfig
     PRESETS = {"paper": ProFDConfig.preset("paper"), "tiny": ProFDConfig.preset("tiny")}
 
-    def __init__(self, config: ProFDConfig, backbone: nn.Module, num_classes: int, num_cameras: int = 0) -> None:
-        super().__init__(config, backbone, num_classes, num_cameras)
+    def __init__(self, config: ProFDConfig, backbone: nn.Module, spec: DataSpec) -> None:
+        super().__init__(config, backbone, spec)
+        num_classes = spec.num_classes
         cfg = config
         if len(cfg.part_names) != NUM_PARTS:
             raise ValueError(f"ProFD: part_names must name the {NUM_PARTS} mask parts (labels 1..{NUM_PARTS}), "

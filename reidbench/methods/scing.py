@@ -102,7 +102,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from .base import Method, Stage, register_method
+from .base import DataSpec, Method, Stage, register_method
 from .clip_reid import IMAGE_STAGE, PROMPT_STAGE, ClipReid
 from .components import (
     TEXT_SIDE,
@@ -448,8 +448,9 @@ class Scing(ClipReid):
     config_cls = ScingConfig
     PRESETS = {"paper": ScingConfig.preset("paper"), "tiny": ScingConfig.preset("tiny")}
 
-    def __init__(self, config: ScingConfig, backbone: nn.Module, num_classes: int, num_cameras: int = 0) -> None:
-        Method.__init__(self, config, backbone, num_classes, num_cameras)  # not ClipReid's modules
+    def __init__(self, config: ScingConfig, backbone: nn.Module, spec: DataSpec) -> None:
+        Method.__init__(self, config, backbone, spec)  # not ClipReid's modules
+        num_classes = spec.num_classes
         cfg = config
         self.prompt_learner = PromptLearner(backbone.token_embedding, backbone.tokenizer, num_classes,
                                             n_ctx=cfg.n_prompt, template=cfg.prompt_template,
