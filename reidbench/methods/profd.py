@@ -125,6 +125,7 @@ from .components import (
     encode_images,
     image_side_prefixes,
 )
+from .layers import Mlp
 
 PART_NAMES = ("head", "upper arms and torso", "lower arms and torso", "legs", "feet")
 NUM_PARTS = len(PART_NAMES)
@@ -350,7 +351,7 @@ class HybridAttentionLayer(nn.Module):
         self.norm_hybrid = nn.LayerNorm(dim)
         self.final_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm_final = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.ffn = Mlp(dim, 4 * dim, dim, act=nn.GELU, dropout=dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm_ffn = nn.LayerNorm(dim)
 

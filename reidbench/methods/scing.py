@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import torch
@@ -116,6 +117,7 @@ from .components import (
     i2t_t2i_losses,
     image_side_prefixes,
 )
+from .layers import Mlp
 
 FUSIONS = ("none", "metanet", "svip")
 
@@ -231,12 +233,12 @@ class ScingConfig(PresetConfig):
 # prompt fusion
 
 
-def _mlp(in_dim: int, hidden_div: int, out_dim: int) -> nn.Sequential:
-    """Two-layer perceptron with ReLU (Eqs. 3 and 8; CoCoOp's ``meta_net``)."""
+def _mlp(in_dim: int, hidden_div: int, out_dim: int) -> Mlp:
+    """Two-layer perceptron with ReLU (Eqs. 3 and 8; CoCoOp's ``meta_net``), hidden width ``in_dim // hidden_div``."""
     if hidden_div < 1:
         raise ValueError(f"hidden_div must be >= 1, got {hidden_div}")
     hidden = max(1, in_dim // hidden_div)
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    return Mlp(in_dim, hidden, out_dim, act=partial(nn.ReLU, inplace=True))
 
 
 class MetaNetFusion(nn.Module):
