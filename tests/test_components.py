@@ -325,3 +325,21 @@ def test_preset_lookup_errors_name_known_presets():
     assert Cfg.PRESETS["tiny"]["a"]["b"] == 1  # callers get a copy
     with pytest.raises(KeyError, match="paper, tiny"):
         Cfg.preset("huge")
+
+
+# ---------------------------------------------------------------- package layout
+
+
+def test_every_public_name_of_a_concept_module_is_importable_from_the_package():
+    import importlib
+    import pkgutil
+
+    import reidbench.methods.components as components
+
+    modules = [m.name for m in pkgutil.iter_modules(components.__path__)]
+    assert {"distances", "losses", "heads", "prompts", "banks", "encoding", "stages"} <= set(modules)
+    for name in modules:
+        module = importlib.import_module(f"{components.__name__}.{name}")
+        for public in module.__all__:
+            assert getattr(components, public) is getattr(module, public), f"{name}.{public} not re-exported"
+            assert public in components.__all__

@@ -154,3 +154,15 @@ def test_mlp_layout_and_state_dict_keys():
     assert with_dropout.fc2 is with_dropout[3]
     with pytest.raises(ValueError, match="dropout"):
         Mlp(4, 8, dropout=1.0)
+
+
+def test_every_layer_module_is_re_exported_by_the_package():
+    import importlib
+    import pkgutil
+
+    import reidbench.methods.layers as layers
+
+    for info in pkgutil.iter_modules(layers.__path__):
+        module = importlib.import_module(f"{layers.__name__}.{info.name}")
+        for public in module.__all__:
+            assert getattr(layers, public) is getattr(module, public) and public in layers.__all__

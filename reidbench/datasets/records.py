@@ -1,4 +1,4 @@
-"""The records every dataset adapter yields (DESIGN.md, "Contracts")."""
+"""The records every dataset adapter yields (docs/design.md, "Contracts")."""
 
 from __future__ import annotations
 
