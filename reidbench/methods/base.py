@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.records import TEXT_KINDS  # defined beside Sample, which carries the texts
 
-TEXT_KINDS = ("caption", "id_description", "clothes_description")
+
 REQUIREMENTS = ("mask", "parsing", "clothes_id", *TEXT_KINDS)
 LOGGED = "logged"  # training_step key whose dict of values is logged, never summed into the loss
 
