@@ -7,9 +7,9 @@ import os
 from typing import Iterable
 
 from ..datasets import Sample
-from ..methods.base import REQUIREMENTS
+from ..methods.base import REQUIREMENTS, TEXT_KINDS
 
-__all__ = ["check_requirements"]
+__all__ = ["check_requirements", "required_text_kinds"]
 
 MAX_NAMED = 3  # how many sample paths the error quotes
 
@@ -55,3 +55,8 @@ def check_requirements(samples: Iterable[Sample], requires: Iterable[str], metho
                         f"training samples have none (first: {first}); {how}")
     if problems:
         raise ValueError("\n".join(problems))
+
+
+def required_text_kinds(requires: Iterable[str]) -> tuple[str, ...]:
+    """The text kinds among a method's requirements: what its training batches carry."""
+    return tuple(kind for kind in requires if kind in TEXT_KINDS)
