@@ -53,17 +53,15 @@ class Sample:
         return tuple(text for k, _, text in self.texts if k == kind)
 
 
-def text_entries(kind: str, variants: dict[str, list[str] | tuple[str, ...]]) -> tuple[tuple[str, str, str], ...]:
-    """``(kind, style, text)`` triples for ``Sample.texts`` from ``{style: [text, ...]}``."""
-    return tuple((kind, style, text) for style, texts in variants.items() for text in texts)
-
-
-def with_texts(sample: Sample, kind: str, entries: tuple[tuple[str, str, str], ...]) -> Sample:
-    """``sample`` with every variant of ``kind`` replaced by ``entries`` (other kinds kept)."""
+def merge_texts(sample: Sample, fields: dict[str, tuple[tuple[str, str, str], ...]]) -> Sample:
+    """``sample`` with every variant of each kind in ``fields`` replaced by that kind's
+    ``(kind, style, text)`` triples; the kinds ``fields`` lacks are kept as they are."""
     from dataclasses import replace
 
-    kept = tuple(e for e in sample.texts if e[0] != kind)
-    return replace(sample, texts=kept + tuple(entries))
+    if not fields:
+        return sample
+    kept = tuple(e for e in sample.texts if e[0] not in fields)
+    return replace(sample, texts=kept + tuple(e for entries in fields.values() for e in entries))
 
 
 @dataclass(frozen=True)

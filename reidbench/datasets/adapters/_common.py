@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
-from ..records import DatasetLayoutError, Sample
+from ..records import DatasetLayoutError, Sample, merge_texts
 from ..texts import parse_text_fields
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -224,9 +224,7 @@ class SideCars:
                 raise DatasetLayoutError(str(err)) from None
             if not self.captions or sample.texts_of("caption"):
                 fields.pop("caption", None)
-            if fields:
-                kept = tuple(e for e in sample.texts if e[0] not in fields)
-                changes["texts"] = kept + tuple(e for entries in fields.values() for e in entries)
+            sample = merge_texts(sample, fields)
         return replace(sample, **changes) if changes else sample
 
 
