@@ -101,7 +101,8 @@ def read_texts_file(path: str, known: set[str] | None = None) -> list[tuple[str,
     ``known``: the relative image paths of the dataset; a line naming another path is an
     error. Every error is a ValueError naming the file and line and what was expected."""
     if not os.path.isfile(path):
-        raise ValueError(f"data.texts: {path!r} is not a file")
+        where = "" if os.path.isabs(path) else f" (a relative path is read from {os.getcwd()!r}; give an absolute one)"
+        raise ValueError(f"data.texts: {path!r} is not a file{where}")
     rows: list[tuple[str, dict]] = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
