@@ -27,7 +27,7 @@ import argparse
 import math
 import time
 
-from reidbench.methods import DataSpec
+from reidbench.methods import TEXT_KINDS, DataSpec
 import torch
 
 
@@ -51,7 +51,8 @@ def batch_of(indices: torch.Tensor, per_id: int, image_size: tuple[int, int], de
         "visible": part_visibility(mask),
         "has_mask": torch.ones(n, dtype=torch.bool),
         "has_parsing": torch.ones(n, dtype=torch.bool),
-        "captions": ["a person in a red shirt and blue trousers"] * n,
+        # Every text kind a method may require (the loaders carry only the required ones).
+        **{kind: [f"{kind.replace('_', ' ')}: a person in a red shirt and blue trousers"] * n for kind in TEXT_KINDS},
     }
     return {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
 

@@ -113,7 +113,7 @@ def identity_batch(num_classes: int = 4, size: tuple[int, int] = (32, 16), seed:
     base = torch.randn(num_classes, 3, *size, generator=g)
     images = base[pids] + 0.3 * torch.randn(n, 3, *size, generator=g)
     return {"image": images, "pid": pids, "camid": torch.arange(n) % 2, "index": torch.arange(n),
-            "clothes_id": torch.full((n,), -1), "captions": [""] * n}
+            "clothes_id": torch.full((n,), -1)}
 
 
 def chunks(batch: dict, size: int = 3):

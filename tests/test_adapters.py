@@ -382,12 +382,13 @@ def test_cuhk_pedes_splits_and_one_text_per_caption(tmp_path):
     ])
     ds = build_dataset("cuhk_pedes", str(tmp_path))
     assert ds.task == "text"
-    assert [(s.pid, len(s.captions)) for s in ds.splits["train"]] == [(0, 2), (0, 1), (1, 2)]
-    assert [(s.pid, s.captions) for s in ds.splits["test_texts"]] == [
+    assert [(s.pid, len(s.texts_of("caption"))) for s in ds.splits["train"]] == [(0, 2), (0, 1), (1, 2)]
+    assert ds.splits["train"][0].texts == (("caption", "", "a man in red."), ("caption", "", "red shirt man."))
+    assert [(s.pid, s.texts_of("caption")) for s in ds.splits["test_texts"]] == [
         (12001, ("tall man, black coat.",)), (12001, ("black coat.",)), (12002, ("girl with umbrella.",))
     ]
     assert names(ds.splits["test_texts"]) == ["p1_s1.jpg", "p1_s1.jpg", "p2_s2.jpg"]
-    assert [(s.pid, s.captions) for s in ds.splits["test_images"]] == [(12001, ()), (12002, ())]
+    assert [(s.pid, s.texts) for s in ds.splits["test_images"]] == [(12001, ()), (12002, ())]
     summary = ds.summary()
     assert {k: summary[k] for k in ("train", "val_images", "test_images", "test_texts")} == {
         "train": {"images": 3, "ids": 2, "cameras": 1, "captions": 5},
@@ -422,7 +423,7 @@ def test_rstpreid_img_path_key_and_val(tmp_path):
     ])
     ds = build_dataset("rstpreid", str(dset))
     assert [s.pid for s in ds.splits["train"]] == [0, 1]
-    assert [s.captions for s in ds.splits["val_texts"]] == [("c5",), ("c6",)]
+    assert [s.texts_of("caption") for s in ds.splits["val_texts"]] == [("c5",), ("c6",)]
     assert ds.summary()["test_texts"] == {"images": 1, "ids": 1, "cameras": 1, "captions": 2}
 
 
@@ -433,6 +434,9 @@ def test_text_annotation_missing_key_or_image(tmp_path):
         build_dataset("rstpreid", str(tmp_path))
     (dset / "data_captions.json").write_text(json.dumps([{"id": 0, "img_path": "gone.jpg", "captions": ["c"], "split": "train"}]))
     with pytest.raises(DatasetLayoutError, match=r"missing: .*gone\.jpg"):
+        build_dataset("rstpreid", str(tmp_path))
+    write_pedes(dset, "data_captions.json", "img_path", [(0, "a.jpg", ["c"], "train"), (1, "b.jpg", ["ok", " "], "test")])
+    with pytest.raises(DatasetLayoutError, match=r"entry 1 .*\"captions\" must be a list of non-empty strings"):
         build_dataset("rstpreid", str(tmp_path))
 
 
@@ -511,9 +515,12 @@ def test_side_cars_attach_when_present_and_only_then(tmp_path):
     with_cars, without = ds.splits["query"]
     assert with_cars.mask_path == str(dset / "masks" / "query" / "0002_c5s1_000001_00.png")
     assert with_cars.parsing_path == str(dset / "parsing" / "query" / "0002_c5s1_000001_00.png")
-    assert (with_cars.clothes_id, with_cars.occluded, with_cars.captions) == (3, True, ("A photo of a man in a red shirt.",))
-    assert (without.mask_path, without.parsing_path, without.clothes_id, without.captions, without.occluded) == (None, None, None, (), None)
-    assert ds.summary()["query"] == {"images": 2, "ids": 2, "cameras": 2, "clothes": 1, "captions": 1}
+    assert (with_cars.clothes_id, with_cars.occluded) == (3, True)
+    assert with_cars.texts == (("caption", "", "A photo of a man in a red shirt."), ("id_description", "terse", "tall man"),
+                               ("clothes_description", "terse", "red shirt"))
+    assert (without.mask_path, without.parsing_path, without.clothes_id, without.texts, without.occluded) == (None, None, None, (), None)
+    assert ds.summary()["query"] == {"images": 2, "ids": 2, "cameras": 2, "clothes": 1, "captions": 1,
+                                     "id_descriptions": 1, "clothes_descriptions": 1}
     assert read_side_car_meta(ds.root)[rel]["id_descriptions"] == {"terse": "tall man"}
 
 
@@ -523,16 +530,27 @@ def test_side_car_meta_never_overrides_layout_or_annotations(tmp_path):
     (dset / "reidbench_meta.jsonl").write_text(json.dumps({"path": rel, "clothes_id": 9, "caption": "x", "occluded": False}) + "\n")
     ds = build_dataset("prcc", str(tmp_path))
     q = ds.splits["query_diff"][0]
-    assert (q.clothes_id, q.captions, q.occluded) == (1, ("x",), False)
+    assert (q.clothes_id, q.texts_of("caption"), q.occluded) == (1, ("x",), False)
     pedes = tmp_path / "CUHK-PEDES"
     write_pedes(pedes, "reid_raw.json", "file_path", [(1, "a.jpg", ["real"], "train"), (2, "b.jpg", ["t"], "test")])
-    (pedes / "reidbench_meta.jsonl").write_text(json.dumps({"path": "imgs/b.jpg", "caption": "template"}) + "\n")
+    (pedes / "reidbench_meta.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"path": "imgs/a.jpg", "caption": "template", "id_descriptions": {"terse": "a man", "list": "gender: man"}},
+        {"path": "imgs/b.jpg", "caption": "template", "clothes_descriptions": {"terse": "red shirt"}}]) + "\n")
     text = build_dataset("cuhk_pedes", str(tmp_path))
-    assert text.splits["test_images"][0].captions == ()
+    # The annotations' captions stay; the descriptions arrive on the images, never on a text query.
+    assert text.splits["train"][0].texts == (("caption", "", "real"), ("id_description", "terse", "a man"),
+                                             ("id_description", "list", "gender: man"))
+    assert text.splits["test_images"][0].texts == (("clothes_description", "terse", "red shirt"),)
+    assert text.splits["test_texts"][0].texts == (("caption", "", "t"),)
 
 
 def test_broken_meta_line_is_reported(tmp_path):
     dset = make_market(tmp_path)
     (dset / "reidbench_meta.jsonl").write_text('{"path": "query/a.jpg"}\n{not json\n')
     with pytest.raises(DatasetLayoutError, match=r"reidbench_meta\.jsonl, line 2"):
+        build_dataset("market1501", str(tmp_path))
+    rel = "query/0002_c5s1_000001_00.jpg"
+    (dset / "reidbench_meta.jsonl").write_text(json.dumps({"path": rel, "id_descriptions": "tall man"}) + "\n")
+    with pytest.raises(DatasetLayoutError, match=r"reidbench_meta\.jsonl \(query/0002_c5s1_000001_00\.jpg\): "
+                                                  r"\"id_descriptions\" must be a non-empty object"):
         build_dataset("market1501", str(tmp_path))

@@ -79,6 +79,17 @@ def test_text_dataset_json_has_caption_counts(tmp_path, capsys):
     assert splits["train"]["captions"] == 2
 
 
+def test_description_counts_show_when_the_dataset_has_descriptions(tmp_path, capsys):
+    dset = make_market(tmp_path)
+    meta = {"path": "bounding_box_train/0001_c1s1_000001_00.jpg", "caption": "c",
+            "id_descriptions": {"terse": "t", "list": "l"}, "clothes_descriptions": {"terse": "red"}}
+    (dset / "reidbench_meta.jsonl").write_text(json.dumps(meta) + "\n")
+    assert run_data_check(parse(["--dataset", "market1501", "--root", str(tmp_path)])) == 0
+    header, _, train = capsys.readouterr().out.splitlines()[1:4]
+    assert header.split() == ["split", "images", "ids", "cameras", "captions", "id_descriptions", "clothes_descriptions"]
+    assert train.split()[-3:] == ["1", "2", "1"]
+
+
 def test_verify_images_lists_corrupt_jpeg(tmp_path, capsys):
     dset = make_market(tmp_path)
     good = (dset / "query" / "0002_c1s1_000005_00.jpg").read_bytes()

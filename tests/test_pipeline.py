@@ -11,7 +11,6 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from reidbench.datasets.loader import (
-    DrawKey,
     ReidImageDataset,
     build_eval_loader,
     build_text_loader,
@@ -66,7 +65,8 @@ def block_scene(top=8, bottom=24, left=4, right=12):
 
 
 def write_split(tmp_path, counts: dict[int, int], *, masks=True, parsing=True, captions=True):
-    """Tiny JPEG images (block scene) + PNG label maps; returns Sample records."""
+    """Tiny JPEG images (block scene) + PNG label maps; returns Sample records (with three
+    caption variants each when ``captions``)."""
     samples = []
     rng = np.random.default_rng(0)
     for pid, n in counts.items():
@@ -96,7 +96,7 @@ def write_split(tmp_path, counts: dict[int, int], *, masks=True, parsing=True, c
                     pid=pid,
                     camid=j % 2,
                     clothes_id=None if pid % 2 else pid * 10,
-                    captions=(f"person {pid} a", f"person {pid} b", f"person {pid} c") if captions and pid % 2 == 0 else (),
+                    texts=tuple(("caption", "", f"person {pid} {v}") for v in "abc") if captions else (),
                     mask_path=str(mask_path) if mask_path else None,
                     parsing_path=str(parsing_path) if parsing_path else None,
                 )
@@ -303,8 +303,8 @@ def test_train_loader_batch_keys_dtypes_and_pk(tmp_path):
     assert len(batches) == len(loader) > 0
     batch = batches[0]
     assert set(batch) == {
-        "image", "pid", "camid", "clothes_id", "index", "mask", "parsing", "visible", "has_mask", "has_parsing", "captions"
-    }
+        "image", "pid", "camid", "clothes_id", "index", "mask", "parsing", "visible", "has_mask", "has_parsing"
+    }  # no text unless the method requires a kind (tests/test_texts.py)
     assert batch["image"].shape == (6, 3, H, W) and batch["image"].dtype == torch.float32
     for key in ("pid", "camid", "clothes_id", "index"):
         assert batch[key].shape == (6,) and batch[key].dtype == torch.long
@@ -314,18 +314,16 @@ def test_train_loader_batch_keys_dtypes_and_pk(tmp_path):
     assert batch["visible"].shape == (6, 5) and batch["visible"].dtype == torch.bool
     assert torch.equal(batch["visible"], part_visibility(batch["mask"]))
     assert batch["has_mask"].all() and batch["has_parsing"].all()
-    assert isinstance(batch["captions"], list) and len(batch["captions"]) == 6
     for b in batches:
         assert Counter(b["pid"].tolist()).most_common()[-1][1] == 3 and len(set(b["pid"].tolist())) == 2
-        for i, pid, cid, cap in zip(b["index"].tolist(), b["pid"].tolist(), b["clothes_id"].tolist(), b["captions"]):
+        for i, pid, cid in zip(b["index"].tolist(), b["pid"].tolist(), b["clothes_id"].tolist()):
             s = samples[i]
             assert s.pid == pid
             assert cid == (-1 if s.clothes_id is None else s.clothes_id)
-            assert cap in s.captions if s.captions else cap == ""
 
 
 def test_eval_loader_is_ordered_and_unaugmented(tmp_path):
-    samples = write_split(tmp_path, {0: 3, 1: 2}, captions=False)
+    samples = write_split(tmp_path, {0: 3, 1: 2})
     loader = build_eval_loader(samples, (H, W), batch_size=4, with_masks=True)
     batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[0, 1, 2, 3], [4]]
@@ -335,7 +333,7 @@ def test_eval_loader_is_ordered_and_unaugmented(tmp_path):
     red = torch.stack([is_red(img) for img in first["image"]])
     agree = (red == (first["mask"] == 2)).float().mean()
     assert agree > 0.98  # JPEG edges aside, image and mask coincide
-    assert first["captions"] == ["", "", "", ""]
+    assert "caption" not in first and "captions" not in first
     again = next(iter(loader))
     assert torch.equal(again["image"], first["image"])
 
@@ -355,9 +353,10 @@ def test_augmentation_is_deterministic_per_seed_epoch_whatever_the_workers(tmp_p
     samples = write_split(tmp_path, {pid: 3 for pid in range(4)})
 
     def epoch_images(num_workers, epoch, seed=0):
-        loader = build_train_loader(samples, (H, W), p=2, k=2, seed=seed, num_workers=num_workers)
+        loader = build_train_loader(samples, (H, W), p=2, k=2, seed=seed, num_workers=num_workers,
+                                    text_kinds=("caption",))
         loader.set_epoch(epoch)
-        return [(b["index"], b["image"], b["mask"], b["captions"]) for b in loader]
+        return [(b["index"], b["image"], b["mask"], b["caption"]) for b in loader]
 
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -379,14 +378,6 @@ def test_repeated_draws_of_one_image_get_different_augmentations(tmp_path):
     first = batch["image"][batch["index"] == 0]
     assert len(first) == 4
     assert len({x.numpy().tobytes() for x in first}) > 1
-
-
-def test_caption_choice_depends_on_seed_epoch_index(tmp_path):
-    samples = write_split(tmp_path, {0: 1, 1: 1})
-    dataset = ReidImageDataset(samples, build_eval_transform((H, W)), seed=1)
-    assert dataset.caption_for(0, 0) == dataset.caption_for(0, 0)
-    assert {dataset.caption_for(0, e) for e in range(20)} == set(samples[0].captions)
-    assert dataset[DrawKey(1, 5, 0)]["captions"] == ""  # pid 1 has no captions
 
 
 def test_label_map_problems_name_the_file(tmp_path):
@@ -418,13 +409,13 @@ def test_label_map_of_other_size_is_nearest_resized_to_the_image(tmp_path):
 
 
 def test_text_loader_yields_captions_and_pids():
-    texts = [Sample(f"img{i}.jpg", pid=i // 2, camid=0, captions=(f"caption {i}",)) for i in range(5)]
+    texts = [Sample(f"img{i}.jpg", pid=i // 2, camid=0, texts=(("caption", "", f"caption {i}"),)) for i in range(5)]
     batches = list(build_text_loader(texts, batch_size=2))
-    assert [b["captions"] for b in batches] == [["caption 0", "caption 1"], ["caption 2", "caption 3"], ["caption 4"]]
+    assert [b["caption"] for b in batches] == [["caption 0", "caption 1"], ["caption 2", "caption 3"], ["caption 4"]]
     assert torch.equal(torch.cat([b["pid"] for b in batches]), torch.tensor([0, 0, 1, 1, 2]))
     assert batches[0]["pid"].dtype == torch.long
     with pytest.raises(ValueError, match="one Sample per caption"):
-        build_text_loader([Sample("x.jpg", 0, 0, captions=("a", "b"))], batch_size=2)
+        build_text_loader([Sample("x.jpg", 0, 0, texts=(("caption", "", "a"), ("caption", "", "b")))], batch_size=2)
 
 
 def test_collate_rejects_unknown_types():

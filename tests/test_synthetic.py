@@ -487,6 +487,24 @@ def test_descriptions_decouple_identity_from_clothing_in_three_styles(all_flavor
     assert np.mean(lengths["terse"]) < np.mean(lengths["list"]) < np.mean(lengths["detailed"])
 
 
+@pytest.mark.parametrize("flavor,adapter", [("market", "market1501"), ("pedes", "cuhk_pedes")])
+def test_adapters_give_training_samples_every_description_style(all_flavors, flavor, adapter):
+    """The generator's descriptions reach the samples (BDAM trains on them): every style of
+    both kinds; an image set's caption is the meta caption, a text set keeps its two
+    annotation captions."""
+    from reidbench.datasets import build_dataset
+
+    dset = all_flavors[flavor]
+    meta = S.read_meta(dset)
+    ds = build_dataset(adapter, str(dset))
+    assert ds.splits["train"]
+    for sample in ds.splits["train"]:
+        rec = meta[os.path.relpath(sample.path, ds.root).replace(os.sep, "/")]
+        for kind, key in (("id_description", "id_descriptions"), ("clothes_description", "clothes_descriptions")):
+            assert [(style, text) for k, style, text in sample.texts if k == kind] == list(rec[key].items())
+        assert sample.texts_of("caption") == (tuple(rec["captions"]) if flavor == "pedes" else (rec["caption"],))
+
+
 # --------------------------------------------------------------------------- pretraining pairs
 
 

@@ -14,10 +14,10 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from .records import DatasetLayoutError, ReidDataset
+from .records import SUMMARY_TEXT_KEYS, DatasetLayoutError, ReidDataset
 from .registry import build_dataset
 
-COUNT_KEYS = ("images", "ids", "cameras", "clothes", "captions")
+COUNT_KEYS = ("images", "ids", "cameras", "clothes", *SUMMARY_TEXT_KEYS.values())
 
 
 def _decode(path: str) -> str | None:

@@ -5,10 +5,16 @@ Batch keys (image loaders): ``image [B,3,H,W] float`` (normalised), ``pid``, ``c
 ``clothes_id`` (-1 when unknown), ``index`` (position in the split) ``[B] long``;
 ``mask [B,H,W] long`` part labels 0..5 and ``parsing [B,H,W] long`` LIP labels (zeros
 where the dataset has none); ``visible [B,5] bool`` (part k+1 has at least one pixel
-after augmentation); ``captions: list[str]`` (one per sample, "" when none). Two extra
-keys say whether the zeros are real: ``has_mask [B] bool``, ``has_parsing [B] bool``
-(a method must not read "no mask on disk" as "every part occluded").
-Text loader keys: ``captions: list[str]``, ``pid``, ``camid``, ``index`` ``[B] long``.
+after augmentation). Two extra keys say whether the zeros are real: ``has_mask [B] bool``,
+``has_parsing [B] bool`` (a method must not read "no mask on disk" as "every part
+occluded"). Texts: a loader built with ``text_kinds`` (the training loader and the
+``begin_stage`` pass over the training split, given the text kinds the method requires)
+adds ``batch[kind]: list[str]`` for each of those kinds (``caption``, ``id_description``,
+``clothes_description``) and no other text; a sample without a variant of a requested
+kind is an error when the loader is built, never an empty string. Test and validation
+image loaders carry no text: a method must not read captions at test time.
+Text loader keys (text-to-image queries): ``caption: list[str]``, ``pid``, ``camid``,
+``index`` ``[B] long``.
 
 Determinism. Each draw of the training sampler carries a key ``(index, epoch, draw)``
 (``draw`` = its position in the epoch's global plan), and the dataset seeds torch's
@@ -17,8 +23,11 @@ default generator from ``(seed, epoch, draw, index)`` for that one sample inside
 therefore a pure function of (seed, epoch), whatever ``num_workers`` is and whichever
 worker gets the sample, and an index drawn twice in an epoch (K-sampling with
 replacement) gets two different augmentations. The epoch travels inside the key, so
-persistent workers never see a stale epoch. The caption of a sample with several is
-picked by ``(seed, epoch, index)``.
+persistent workers never see a stale epoch. Texts follow the same rule: when a sample
+has several variants of a kind (all styles pooled, each equally likely), the one a draw
+gets is picked from ``(seed, epoch, draw, index, kind)``, so the K draws of one image in
+an epoch can read different descriptions, and a rerun reads the same ones. Plain
+integer keys (the ``begin_stage`` pass) use ``draw = index``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from .records import Sample
+from .records import TEXT_KINDS, Sample
 from .sampler import PKSampler
 from .transforms import (
     CLIP_MEAN,
@@ -57,7 +66,7 @@ __all__ = [
 ]
 
 NUM_LIP_CLASSES = 20
-_CAPTION_STREAM = 0x43415054  # keeps caption choice independent of augmentation seeds
+_TEXT_STREAM = 0x54455854  # keeps text choice independent of augmentation seeds
 _AUGMENT_STREAM = 0x41554721
 
 
@@ -116,6 +125,8 @@ class ReidImageDataset(Dataset):
     ``{"image": tv_tensors.Image uint8, "mask": Mask, "parsing": ParsingMap}`` (label keys
     only when present), e.g. :func:`build_train_transform`. ``with_masks=False`` skips
     reading label maps (their keys are then zeros with ``has_mask`` False).
+    ``text_kinds``: the text kinds each item carries (module docstring); every sample
+    must have at least one variant of each, else ValueError naming the first few.
     """
 
     def __init__(
@@ -124,10 +135,22 @@ class ReidImageDataset(Dataset):
         transform: Callable[[dict[str, Any]], dict[str, Any]],
         with_masks: bool = True,
         seed: int = 0,
+        text_kinds: Sequence[str] = (),
     ) -> None:
         if seed < 0:
             raise ValueError(f"ReidImageDataset: seed must be >= 0, got {seed}")
+        unknown = [k for k in text_kinds if k not in TEXT_KINDS]
+        if unknown:
+            raise ValueError(f"ReidImageDataset: unknown text kind(s) {unknown}; expected names from {TEXT_KINDS}")
         self.samples = list(samples)
+        self.text_kinds = tuple(dict.fromkeys(text_kinds))
+        for kind in self.text_kinds:
+            lacking = [s.path for s in self.samples if not s.texts_of(kind)]
+            if lacking:
+                raise ValueError(
+                    f"ReidImageDataset: {len(lacking)} of {len(self.samples)} samples have no {kind} "
+                    f"(first: {', '.join(lacking[:3])}); a loader asked for {kind} texts needs one per sample"
+                )
         self.transform = transform
         self.with_masks = with_masks
         self.seed = int(seed)
@@ -140,14 +163,14 @@ class ReidImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def caption_for(self, index: int, epoch: int) -> str:
-        captions = self.samples[index].captions
-        if not captions:
-            return ""
-        if len(captions) == 1:
-            return captions[0]
-        pick = np.random.default_rng([self.seed, epoch, index, _CAPTION_STREAM]).integers(len(captions))
-        return captions[int(pick)]
+    def text_for(self, kind: str, index: int, epoch: int, draw: int) -> str:
+        """The variant of ``kind`` that draw ``draw`` of sample ``index`` reads in ``epoch``
+        (``__init__`` made sure there is one)."""
+        variants = self.samples[index].texts_of(kind)
+        if len(variants) == 1:
+            return variants[0]
+        rng = np.random.default_rng([self.seed, epoch, draw, index, _TEXT_STREAM, TEXT_KINDS.index(kind)])
+        return variants[int(rng.integers(len(variants)))]
 
     def _load(self, sample: Sample) -> dict[str, Any]:
         try:
@@ -186,7 +209,7 @@ class ReidImageDataset(Dataset):
         has_parsing = "parsing" in out
         mask = out["mask"].as_subclass(torch.Tensor) if has_mask else torch.zeros(h, w, dtype=torch.uint8)
         parsing = out["parsing"].as_subclass(torch.Tensor) if has_parsing else torch.zeros(h, w, dtype=torch.uint8)
-        return {
+        item = {
             "image": image,
             "pid": int(sample.pid),
             "camid": int(sample.camid),
@@ -197,8 +220,10 @@ class ReidImageDataset(Dataset):
             "visible": part_visibility(mask),
             "has_mask": has_mask,
             "has_parsing": has_parsing,
-            "captions": self.caption_for(index, epoch),
         }
+        for kind in self.text_kinds:
+            item[kind] = self.text_for(kind, index, epoch, draw)
+        return item
 
 
 class ReidTextDataset(Dataset):
@@ -207,10 +232,10 @@ class ReidTextDataset(Dataset):
     def __init__(self, samples: Sequence[Sample]) -> None:
         self.samples = list(samples)
         for i, s in enumerate(self.samples):
-            if len(s.captions) != 1:
+            if len(s.texts_of("caption")) != 1:
                 raise ValueError(
-                    f"ReidTextDataset: sample {i} ({s.path}) has {len(s.captions)} captions; a test_texts split "
-                    "must hold one Sample per caption (each caption is its own query)"
+                    f"ReidTextDataset: sample {i} ({s.path}) has {len(s.texts_of('caption'))} captions; a test_texts "
+                    "split must hold one Sample per caption (each caption is its own query)"
                 )
 
     def __len__(self) -> int:
@@ -218,7 +243,7 @@ class ReidTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        return {"captions": s.captions[0], "pid": int(s.pid), "camid": int(s.camid), "index": int(index)}
+        return {"caption": s.texts_of("caption")[0], "pid": int(s.pid), "camid": int(s.camid), "index": int(index)}
 
 
 def collate_reid(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -315,15 +340,17 @@ def build_train_loader(
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     pin_memory: bool = False,
     persistent_workers: bool = False,
+    text_kinds: Sequence[str] = (),
 ) -> TrainLoader:
-    """P x K batches of augmented training images for this rank.
+    """P x K batches of augmented training images for this rank, with a ``list[str]``
+    per kind in ``text_kinds`` (the method's required text kinds).
 
     ``transform`` replaces the default augmentation (whose knobs are then unused)."""
     if transform is None:
         transform = build_train_transform(
             size, flip_p=flip_p, pad=pad, erase_p=erase_p, mean=mean, std=std, crop_p=crop_p, erase_masks=erase_masks
         )
-    dataset = ReidImageDataset(samples, transform, with_masks=with_masks, seed=seed)
+    dataset = ReidImageDataset(samples, transform, with_masks=with_masks, seed=seed, text_kinds=text_kinds)
     sampler = PKSampler([s.pid for s in samples], p, k, seed, rank=rank, world_size=world_size, drop_last=drop_last)
     return TrainLoader(dataset, sampler, **_loader_kwargs(num_workers, seed, pin_memory, persistent_workers))
 
@@ -338,13 +365,16 @@ def build_eval_loader(
     std: Sequence[float] = CLIP_STD,
     with_masks: bool = False,
     pin_memory: bool = False,
+    text_kinds: Sequence[str] = (),
 ) -> DataLoader:
     """Unaugmented images in split order (``index`` = position), no batch dropped.
 
-    ``with_masks`` defaults to False: the five papers use masks to supervise training
-    only, and a test-time pass should not read annotation a deployed model would not
-    have. Pass True for a training-split pass that needs them (``begin_stage``)."""
-    dataset = ReidImageDataset(samples, build_eval_transform(size, mean=mean, std=std), with_masks=with_masks)
+    ``with_masks`` and ``text_kinds`` default to none: the papers use masks and texts to
+    supervise training only, and a test-time pass should not read annotation a deployed
+    model would not have. Pass them for a training-split pass that needs them
+    (``begin_stage``)."""
+    dataset = ReidImageDataset(samples, build_eval_transform(size, mean=mean, std=std), with_masks=with_masks,
+                               text_kinds=text_kinds)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -356,7 +386,8 @@ def build_eval_loader(
 
 
 def build_text_loader(samples: Sequence[Sample], batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Captions of a text-to-image ``test_texts`` split, in order, with their pids.
+    """Captions of a text-to-image ``test_texts`` split, in order, with their pids
+    (``batch["caption"]``).
     Tokenisation is the method's (its backbone owns the tokenizer)."""
     return DataLoader(
         ReidTextDataset(samples),

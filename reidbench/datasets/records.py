@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+# The named texts a sample can carry (one name per concept: batch keys, requirement
+# names and ``Sample.texts_of`` all use these).
+TEXT_KINDS = ("caption", "id_description", "clothes_description")
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -14,16 +18,50 @@ class Sample:
     the dataset's own ids so that distractors (Market pid 0) stay negatives.
     ``mask_path`` points at a part-label map (0 background, 1..5 ProFD parts);
     ``parsing_path`` at a 20-class LIP-style human-parsing map.
+
+    ``texts`` holds the sample's named texts as ``(kind, style, text)`` triples, kind
+    one of ``TEXT_KINDS``: every variant of every kind, in the order the dataset (or a
+    texts file) gave them. ``style`` names how a variant was written: ``""`` for a
+    dataset's own captions, ``"terse"`` / ``"detailed"`` / ``"list"`` for the synthetic
+    generator's descriptions, or whatever a texts file says. A tuple keeps the record
+    hashable; read it through :meth:`texts_of`.
     """
 
     path: str
     pid: int
     camid: int
     clothes_id: int | None = None
-    captions: tuple[str, ...] = ()
+    texts: tuple[tuple[str, str, str], ...] = ()
     mask_path: str | None = None
     occluded: bool | None = None
     parsing_path: str | None = None
+
+    def __post_init__(self) -> None:
+        for entry in self.texts:
+            if len(entry) != 3 or entry[0] not in TEXT_KINDS or not all(isinstance(x, str) for x in entry):
+                raise ValueError(
+                    f"Sample {self.path}: texts must be (kind, style, text) string triples with kind in "
+                    f"{TEXT_KINDS}, got {entry!r}"
+                )
+            if not entry[2].strip():
+                raise ValueError(f"Sample {self.path}: empty {entry[0]} text (style {entry[1]!r})")
+
+    def texts_of(self, kind: str) -> tuple[str, ...]:
+        """Every variant of ``kind`` (all styles), in order; ``()`` when the sample has none."""
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; expected one of {', '.join(TEXT_KINDS)}")
+        return tuple(text for k, _, text in self.texts if k == kind)
+
+
+def merge_texts(sample: Sample, fields: dict[str, tuple[tuple[str, str, str], ...]]) -> Sample:
+    """``sample`` with every variant of each kind in ``fields`` replaced by that kind's
+    ``(kind, style, text)`` triples; the kinds ``fields`` lacks are kept as they are."""
+    from dataclasses import replace
+
+    if not fields:
+        return sample
+    kept = tuple(e for e in sample.texts if e[0] not in fields)
+    return replace(sample, texts=kept + tuple(e for entries in fields.values() for e in entries))
 
 
 @dataclass(frozen=True)
@@ -38,6 +76,11 @@ class EvalSplit:
     query: str
     gallery: str
     protocol: str
+
+
+# The summary's (and ``reidbench data check``'s) name for each kind's count.
+SUMMARY_TEXT_KEYS = {"caption": "captions", "id_description": "id_descriptions",
+                     "clothes_description": "clothes_descriptions"}
 
 
 @dataclass
@@ -65,7 +108,8 @@ class ReidDataset:
         return len({s.pid for s in self.splits.get("train", [])})
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Per split: images, ids, cameras, and clothes / captions where present."""
+        """Per split: images, ids, cameras, and clothes / captions / descriptions where present
+        (text counts are variants: a train image with two captions counts two)."""
         out: dict[str, dict[str, int]] = {}
         for split, samples in self.splits.items():
             row = {
@@ -75,9 +119,10 @@ class ReidDataset:
             }
             if any(s.clothes_id is not None for s in samples):
                 row["clothes"] = len({(s.pid, s.clothes_id) for s in samples if s.clothes_id is not None})
-            n_captions = sum(len(s.captions) for s in samples)
-            if n_captions:
-                row["captions"] = n_captions
+            for kind, key in SUMMARY_TEXT_KEYS.items():
+                count = sum(len(s.texts_of(kind)) for s in samples)
+                if count:
+                    row[key] = count
             out[split] = row
         return out
 

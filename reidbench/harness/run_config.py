@@ -35,6 +35,9 @@ class DataConfig:
     num_workers: int | None = None  # DataLoader workers; None: trainer.loader_workers decides
     eval_batch_size: int = 128
     val_fraction: float = 0.1  # training identities held out for model selection (never the test split)
+    # Texts files merged over the dataset's own texts, "a.jsonl" or "a.jsonl,b.jsonl" (later win;
+    # reidbench.datasets.texts has the schema and merge rule). The dataset folder is never written.
+    texts: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_factor, scale_schedule, set_lr, set_trainable, stage_epochs
 from .validation import split_validation
 from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
+from .requirements import check_requirements, required_text_kinds
 from .rerank import k_reciprocal_rerank
 from .run_config import EvalConfig, RunConfig, method_config, resolved_dict
 
@@ -178,15 +179,17 @@ class Prepared:
 
 
 def load_dataset(cfg: RunConfig) -> ReidDataset:
-    """The configured dataset; a ``synthetic_*`` one without a root is generated (cached) per ``data.synthetic``."""
+    """The configured dataset, with ``data.texts`` merged over its own texts; a ``synthetic_*``
+    one without a root is generated (cached) per ``data.synthetic``."""
     from dataclasses import asdict
 
     from ..datasets.synthetic_sets import SYNTHETIC, synthetic_root
+    from ..datasets.texts import apply_texts_files
 
     root = cfg.data.root
     if root is None and cfg.data.dataset in SYNTHETIC:
         root = str(synthetic_root(SYNTHETIC[cfg.data.dataset][0], asdict(cfg.data.synthetic)))
-    return build_dataset(cfg.data.dataset, root)
+    return apply_texts_files(build_dataset(cfg.data.dataset, root), cfg.data.texts)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -201,6 +204,7 @@ def prepare(cfg: RunConfig) -> Prepared:
                          f"{cfg.data.dataset!r} is a {dataset.task} ReID benchmark; pick a {dataset.task} method "
                          f"({', '.join(m for m in list_methods() if dataset.task in get_method(m).tasks)})")
     train, vq, vg = split_validation(dataset.splits["train"], cfg.data.val_fraction, cfg.seed)
+    check_requirements(train, method_cls.requires, cfg.method, root=dataset.root)
     num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
     spec = DataSpec(num_classes=len({s.pid for s in train}), num_cameras=num_cameras,
                     num_clothes=len({s.clothes_id for s in train if s.clothes_id is not None}), task=dataset.task)
@@ -231,14 +235,16 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     if cfg.data.p % env.world_size:
         raise ValueError(f"data.p={cfg.data.p} identities per batch must divide evenly over {env.world_size} workers")
     # The global batch stays P x K whatever the worker count: each rank takes P / world identities.
+    text_kinds = required_text_kinds(method.requires)
     train_loader = build_train_loader(prep.train, prep.image_size, cfg.data.p // env.world_size, cfg.data.k, cfg.seed,
                                       rank=env.rank, world_size=env.world_size, with_masks=method.reads_label_maps(),
-                                      num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size))
+                                      num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size),
+                                      text_kinds=text_kinds)
     final_metrics: dict[str, float] = {}
 
     def clean_batches() -> Iterable[dict]:
         for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size,
-                                       with_masks=method.reads_label_maps()):
+                                       with_masks=method.reads_label_maps(), text_kinds=text_kinds):
             yield to_device(batch, env.device)
 
     for stage_index in range(state["stage_index"], len(stages)):

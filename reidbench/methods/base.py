@@ -11,8 +11,13 @@ Batch dict keys the harness provides (tensors unless noted):
   parsing [B,H,W] long LIP labels when present; visible [B,5] bool part visibility;
   has_mask, has_parsing [B] bool (False: that sample's map is zeros because the
   dataset has none, not because every part is occluded);
-  one ``list[str]`` per text kind the method requires (``caption``,
-  ``id_description``, ``clothes_description``; see ``TEXT_KINDS``).
+  in training batches and the ``begin_stage`` pass only: one ``list[str]`` per text
+  kind the method requires (``batch["caption"]``, ``batch["id_description"]``,
+  ``batch["clothes_description"]``; see ``TEXT_KINDS``), one variant per sample,
+  picked per draw (``reidbench/datasets/loader.py``). Test and validation image
+  batches carry no text.
+``embed_text`` gets text-to-image query batches: ``caption: list[str]`` (one query
+each), pid, camid, index.
 Label maps (mask, parsing, visible) are read only for methods that require
 ``mask`` or ``parsing``; for the others they are zeros with ``has_mask`` False
 (reading and augmenting them cost a third of the loader's time).
@@ -37,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.records import TEXT_KINDS  # defined beside Sample, which carries the texts
 
-TEXT_KINDS = ("caption", "id_description", "clothes_description")
+
 REQUIREMENTS = ("mask", "parsing", "clothes_id", *TEXT_KINDS)
 LOGGED = "logged"  # training_step key whose dict of values is logged, never summed into the loss
 

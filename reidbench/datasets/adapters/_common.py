@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
-from ..records import DatasetLayoutError, Sample
+from ..records import DatasetLayoutError, Sample, merge_texts
+from ..texts import parse_text_fields
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_LISTED = 5  # how many offending names an error message quotes
@@ -145,9 +146,8 @@ def require_files(dataset: str, paths: Iterable[str], listed_in: str) -> None:
 def read_side_car_meta(dataset_dir: str) -> dict[str, dict]:
     """``DSET/reidbench_meta.jsonl`` as ``{relative image path: record}`` ({} when absent).
 
-    The records carry more than a Sample holds (``attributes``, ``id_descriptions``,
-    ``clothes_descriptions``); consumers that need those look them up here by
-    ``os.path.relpath(sample.path, dataset.root)``.
+    The records carry more than a Sample holds (``attributes``, ...); consumers that
+    need those look them up here by ``os.path.relpath(sample.path, dataset.root)``.
     """
     path = os.path.join(dataset_dir, "reidbench_meta.jsonl")
     if not os.path.isfile(path):
@@ -184,9 +184,11 @@ class SideCars:
 
     For an image at ``DSET/REL``: ``DSET/masks/REL`` and ``DSET/parsing/REL`` with the
     extension replaced by ``.png``. Values the layout itself defines win over the meta
-    file (PRCC's clothes ids, Occluded-REID's occluded flag); captions from the meta file
-    are attached only to samples without captions, and only when ``captions`` is True
-    (text-to-image sets keep their own annotations).
+    file (PRCC's clothes ids, Occluded-REID's occluded flag). Texts: the identity and
+    clothing descriptions (``id_descriptions`` / ``clothes_descriptions``, every style)
+    are always attached; the meta ``caption`` only to samples without captions of their
+    own and only when ``captions`` is True (text-to-image sets keep their annotations,
+    and their meta ``captions`` key, a copy of those, is not read).
     """
 
     def __init__(self, dataset_dir: str, captions: bool = True) -> None:
@@ -215,8 +217,14 @@ class SideCars:
                 changes["clothes_id"] = int(record["clothes_id"])
             if sample.occluded is None and record.get("occluded") is not None:
                 changes["occluded"] = bool(record["occluded"])
-            if self.captions and not sample.captions and record.get("caption"):
-                changes["captions"] = (str(record["caption"]),)
+            where = f"{os.path.join(self.dataset_dir, 'reidbench_meta.jsonl')} ({rel})"
+            try:
+                fields = parse_text_fields(record, where)
+            except ValueError as err:
+                raise DatasetLayoutError(str(err)) from None
+            if not self.captions or sample.texts_of("caption"):
+                fields.pop("caption", None)
+            sample = merge_texts(sample, fields)
         return replace(sample, **changes) if changes else sample
 
 

@@ -1,6 +1,7 @@
 """Text-to-image person retrieval: CUHK-PEDES, ICFG-PEDES and RSTPReid (IRRA's loaders).
 
-Splits: ``train`` (one Sample per image carrying all its captions; pids relabelled),
+Splits: ``train`` (one Sample per image carrying all its captions as ``caption`` texts
+of style ``""``; pids relabelled),
 ``test_images`` (one Sample per image, no captions) and ``test_texts`` (one Sample per
 caption, ``path`` = its image); ``val_images`` / ``val_texts`` likewise where the set
 has a validation split. The single evaluation is ``t2i``: every test caption queries
@@ -9,6 +10,7 @@ the test images. There are no cameras: camid is 0 throughout.
 
 from __future__ import annotations
 
+import json
 import os
 
 from ..records import DatasetLayoutError, EvalSplit, ReidDataset, Sample, relabel
@@ -16,6 +18,11 @@ from ..registry import register_dataset
 from ._common import Layout, SideCars, load_json, locate, require_files, require_nonempty
 
 T2I = [EvalSplit("t2i", "test_texts", "test_images", "t2i")]
+
+
+def _captions(captions: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """An annotation's captions as ``Sample.texts`` (the annotations name no style)."""
+    return tuple(("caption", "", c) for c in captions)
 
 
 def _pedes(
@@ -49,24 +56,28 @@ def _pedes(
         part = split_of(entry["split"])
         if part is None:
             raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r} has unknown split {entry['split']!r}")
-        captions = tuple(str(c).strip() for c in entry["captions"])
+        raw = entry["captions"]
+        if not isinstance(raw, list) or not all(isinstance(c, str) and c.strip() for c in raw):
+            raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r}: \"captions\" must be a list of "
+                                     f"non-empty strings, got {json.dumps(raw)[:80]}")
+        captions = tuple(c.strip() for c in raw)
         parts[part].append((os.path.join(dset, "imgs", entry[path_key]), int(entry["id"]), captions))
     require_files(name, (path for rows in parts.values() for path, _, _ in rows), annotation_path)
 
     side_cars = SideCars(dset, captions=False)
     example = f"an entry with \"split\": \"{{}}\" in {annotation}"
-    train = [Sample(path, pid, 0, captions=caps) for path, pid, caps in parts["train"]]
+    train = [Sample(path, pid, 0, texts=_captions(caps)) for path, pid, caps in parts["train"]]
     require_nonempty(name, "train", train, annotation_path, example.format("train"))
     splits: dict[str, list[Sample]] = {"train": relabel(side_cars.attach(train))}
     for part in ("val", "test"):
         if not parts[part] and part == "val":
             continue
         images = [Sample(path, pid, 0) for path, pid, _ in parts[part]]
-        texts = [Sample(path, pid, 0, captions=(caption,)) for path, pid, caps in parts[part] for caption in caps]
+        texts = [Sample(path, pid, 0, texts=_captions((caption,))) for path, pid, caps in parts[part] for caption in caps]
         require_nonempty(name, f"{part}_images", images, annotation_path, example.format(part))
         require_nonempty(name, f"{part}_texts", texts, annotation_path, example.format(part) + " with captions")
         splits[f"{part}_images"] = side_cars.attach(images)
-        splits[f"{part}_texts"] = side_cars.attach(texts)
+        splits[f"{part}_texts"] = texts  # a query is its caption: no side-car texts or maps
     return ReidDataset(name, dset, "text", splits, list(T2I), official, notes)
 
 
