@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 
 import pytest
 import torch
 
 from fakes import FakeCLIP, chunks, requirement_batch, text_query_batch
-from reidbench.config import from_dict
+from reidbench.config import ConfigError, from_dict
 from reidbench.harness import checkpoint as ckpt
 from reidbench.harness.optim import set_trainable
 from reidbench.methods import LOGGED, DataSpec, Method, get_method, list_methods
@@ -165,6 +166,37 @@ def test_method_contract(name, task, preset, tmp_path):
     assert_same(embeddings(fresh, task), out)
 
 
+def unset_fields(config_cls, prefix: str = "") -> list[str]:
+    """Fields of a config dataclass (nested ones too) without a default."""
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            out.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += unset_fields(hints[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_configs_have_defaults_and_presets_validate(name):
+    cls = get_method(name)
+    assert not unset_fields(cls.config_cls), f"{name}: config fields without a default: {unset_fields(cls.config_cls)}"
+    cls.config_cls()
+    assert {"paper", "tiny"} <= set(cls.PRESETS), f"{name} needs a 'paper' and a 'tiny' preset"
+    epochs = {}
+    for preset in cls.PRESETS:
+        method = build(name, cls.tasks[0], preset)  # from_dict validates the preset's keys
+        epochs[preset] = sum(s.epochs for s in method.stages())
+    assert epochs["tiny"] < epochs["paper"], f"{name}: the CPU preset trains longer than the paper's: {epochs}"
+    if hasattr(cls.config_cls, "preset"):
+        with pytest.raises(KeyError, match="known: paper, tiny"):
+            cls.config_cls.preset("huge")
+    field = max((f.name for f in dataclasses.fields(cls.config_cls)), key=len)
+    with pytest.raises(ConfigError, match=f"did you mean 'params.{field}'"):
+        from_dict(cls.config_cls, {field + "x": 1}, prefix="params.")
+
+
 def test_text_methods_read_the_texts_they_require():
     for name in list_methods():
         cls = get_method(name)
@@ -223,3 +255,52 @@ def test_the_contract_fails_on_a_planted_mistake(mistake, message):
     method = planted(**mistake)
     with pytest.raises(AssertionError, match=message):
         check_stage(method, method.stages()[0], training_batch(method))
+
+
+# ------------------------------------------------------------- one fit per task
+
+
+@pytest.fixture(scope="module")
+def synthetic_roots(tmp_path_factory):
+    from reidbench.datasets.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    return synthesize(out, flavor=["market", "pedes"], ids={"market": 16, "pedes": 30}, seed=0, workers=1,
+                      image_size=(64, 32), images_per_id={"market": 4, "pedes": 4})
+
+
+def short_fit(tmp_path, backbone_kind, method, dataset, root):
+    from reidbench.harness.run_config import build_run_config
+    from reidbench.harness.trainer import WorkerEnv, fit
+
+    cfg = build_run_config(overrides=[
+        f"method={method}", f"data.dataset={dataset}", f"data.root={root}", "data.image_size=[32,16]", "data.p=4",
+        "data.k=2", "data.num_workers=0", "data.val_fraction=0.25", f"backbone.kind={backbone_kind}",
+        "backbone.pretrained=null", "optim.epochs_scale=0.25", f"output_dir={tmp_path}"])
+    epochs: list[dict] = []
+    final = fit(cfg, WorkerEnv(on_epoch=epochs.append))
+    return cfg, epochs, final
+
+
+def check_fit(cfg, epochs, final, evaluation, terms):
+    assert len(epochs) >= 2
+    for metrics in epochs:
+        assert {f"train/{t}" for t in terms} <= set(metrics), sorted(metrics)
+        assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["val/mAP"] <= 100.0
+    assert epochs[-1]["train/loss"] < epochs[0]["train/loss"]
+    assert 0.0 < final[f"test/{evaluation}/mAP"] <= 100.0
+    from pathlib import Path
+
+    assert (Path(cfg.output_dir) / cfg.run_name / "best.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_an_image_method_fits_on_a_synthetic_image_set(tmp_path, fake_backbone_kind, synthetic_roots):
+    cfg, epochs, final = short_fit(tmp_path, fake_backbone_kind, "baseline", "market1501", synthetic_roots["market"])
+    check_fit(cfg, epochs, final, "standard", ("id", "triplet"))
+
+
+@pytest.mark.slow
+def test_the_text_to_image_baseline_fits_on_synthetic_pedes(tmp_path, fake_backbone_kind, synthetic_roots):
+    cfg, epochs, final = short_fit(tmp_path, fake_backbone_kind, "t2i_baseline", "cuhk_pedes", synthetic_roots["pedes"])
+    check_fit(cfg, epochs, final, "t2i", ("i2t", "t2i", "id"))
