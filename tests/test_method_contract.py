@@ -108,22 +108,24 @@ def check_embeddings(method: Method, task: str, out: dict) -> None:
     if isinstance(image, dict):
         assert image, "embed_image returned an empty dict"
         for key, value in image.items():
-            assert isinstance(value, torch.Tensor) and value.shape[0] == n and torch.isfinite(value).all(), key
+            assert isinstance(value, torch.Tensor) and value.shape[0] == n, f"embed_image[{key!r}] must have B rows"
+            assert torch.isfinite(value).all(), f"embed_image[{key!r}] has non-finite values"
     else:
-        assert image.dim() == 2 and image.shape[0] == n and image.shape[1] > 0, tuple(image.shape)
-        assert torch.isfinite(image).all()
+        assert image.dim() == 2 and image.shape[0] == n and image.shape[1] > 0, \
+            f"embed_image must give [B, D] or a dict of [B, ...] tensors, got {tuple(image.shape)}"
+        assert torch.isfinite(image).all(), "embed_image has non-finite values"
     if task == "text":
         text = out["text"]
         assert isinstance(text, torch.Tensor) and text.dim() == 2 and text.shape[0] == n, \
             f"embed_text must give [B, D], got {getattr(text, 'shape', type(text))}"
-        assert torch.isfinite(text).all()
+        assert torch.isfinite(text).all(), "embed_text has non-finite values"
         query, gallery = text, image
     else:
         query, gallery = rows(image, slice(0, 3)), image
     with torch.no_grad():
         dist = method.distance(query, gallery)
-    assert dist.shape == (3 if task != "text" else n, n), tuple(dist.shape)
-    assert torch.isfinite(dist).all()
+    assert dist.shape == (3 if task != "text" else n, n), f"distance must give [Q, G], got {tuple(dist.shape)}"
+    assert torch.isfinite(dist).all(), "distance has non-finite values"
 
 
 def assert_same(a, b) -> None:
@@ -132,7 +134,8 @@ def assert_same(a, b) -> None:
         for k in a:
             assert_same(a[k], b[k])
     else:
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), \
+            f"embeddings differ after a state_dict round trip (max {(a - b).abs().max():.3g})"
 
 
 # ------------------------------------------------------------------- tests
@@ -144,12 +147,9 @@ def test_every_method_is_covered():
     assert any(task == "text" for _, task, _ in CASES) and any(task == "image" for _, task, _ in CASES)
 
 
-@pytest.mark.parametrize("name,task,preset", CASES, ids=[f"{n}-{t}-{p}" for n, t, p in CASES])
-def test_method_contract(name, task, preset, tmp_path):
-    cls = get_method(name)
-    assert {"paper", "tiny"} <= set(cls.PRESETS), f"{name} needs a 'paper' and a 'tiny' preset"
-    assert dataclasses.is_dataclass(cls.config_cls) and cls.config_cls()  # every field has a default
-    method = build(name, task, preset)
+def run_contract(make, task: str, tmp_path) -> None:
+    """The whole contract for the method ``make(seed)`` builds."""
+    method = make(0)
     stages = method.stages()
     assert stages and len({s.name for s in stages}) == len(stages), [s.name for s in stages]
     batch = training_batch(method)
@@ -161,9 +161,14 @@ def test_method_contract(name, task, preset, tmp_path):
 
     path = tmp_path / "model.safetensors"
     ckpt.save_weights(method, path)
-    fresh = build(name, task, preset, seed=1)
+    fresh = make(1)
     ckpt.load_weights(fresh, path)
     assert_same(embeddings(fresh, task), out)
+
+
+@pytest.mark.parametrize("name,task,preset", CASES, ids=[f"{n}-{t}-{p}" for n, t, p in CASES])
+def test_method_contract(name, task, preset, tmp_path):
+    run_contract(lambda seed: build(name, task, preset, seed), task, tmp_path)
 
 
 def unset_fields(config_cls, prefix: str = "") -> list[str]:
@@ -207,11 +212,20 @@ def test_text_methods_read_the_texts_they_require():
 # ------------------------------------------- the contract catches planted mistakes
 
 
-def planted(stages=None, begin=None, step_extra=None):
+def planted(stages=None, begin=None, step_extra=None, init=None, embed_text=None, seed=0):
     """An unregistered ``t2i_baseline`` with one planted mistake."""
     from reidbench.methods.t2i_baseline import T2IBaseline
 
     class Planted(T2IBaseline):
+        def __init__(self, *args):
+            super().__init__(*args)
+            if init:
+                init(self)
+
+        def embed_text(self, batch):
+            out = super().embed_text(batch)
+            return embed_text(self, out) if embed_text and not self.training else out  # at evaluation only
+
         def stages(self):
             return stages(super().stages()) if stages else super().stages()
 
@@ -225,7 +239,7 @@ def planted(stages=None, begin=None, step_extra=None):
                 terms.update(step_extra(self))
             return terms
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return Planted(from_dict(Planted.config_cls, Planted.PRESETS["tiny"]),
                    FakeCLIP(num_cameras=NUM_CAMERAS, context_length=32), DataSpec(NUM_CLASSES, NUM_CAMERAS, 0, "text"))
 
@@ -304,3 +318,17 @@ def test_an_image_method_fits_on_a_synthetic_image_set(tmp_path, fake_backbone_k
 def test_the_text_to_image_baseline_fits_on_synthetic_pedes(tmp_path, fake_backbone_kind, synthetic_roots):
     cfg, epochs, final = short_fit(tmp_path, fake_backbone_kind, "t2i_baseline", "cuhk_pedes", synthetic_roots["pedes"])
     check_fit(cfg, epochs, final, "t2i", ("i2t", "t2i", "id"))
+
+
+def unsaved_offset(method):
+    method.offset = torch.randn(method.backbone.embed_dim)  # a plain attribute: not in the state dict
+
+
+@pytest.mark.parametrize("mistake,message", [
+    (dict(init=unsaved_offset, embed_text=lambda m, out: out + m.offset), "differ after a state_dict round trip"),
+    (dict(embed_text=lambda m, out: out.sum(1)), r"embed_text must give \[B, D\]"),
+    (dict(embed_text=lambda m, out: out * float("nan")), "embed_text has non-finite values"),
+], ids=["state-outside-the-state-dict", "text-embedding-shape", "nan-embedding"])
+def test_the_embedding_contract_fails_on_a_planted_mistake(mistake, message, tmp_path):
+    with pytest.raises(AssertionError, match=message):
+        run_contract(lambda seed: planted(**mistake, seed=seed), "text", tmp_path)
