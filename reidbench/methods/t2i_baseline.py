@@ -134,7 +134,8 @@ class T2IBaseline(Method):
     config_cls = T2IBaselineConfig
     tasks = ("text",)
     requires = ("caption",)
-    PRESETS = {"paper": T2IBaselineConfig.preset("paper"), "tiny": T2IBaselineConfig.preset("tiny")}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"paper": T2IBaselineConfig.preset("paper"),
+                                                    "tiny": T2IBaselineConfig.preset("tiny")}
 
     def __init__(self, config: T2IBaselineConfig, backbone: nn.Module, spec: DataSpec) -> None:
         super().__init__(config, backbone, spec)
