@@ -84,9 +84,10 @@ class T2IBaselineConfig(PresetConfig):
     warmup_epochs: int = 5
     warmup_factor: float = 0.1
 
-    # tiny: the CPU benchmark (tiny CLIP pretrained on synthetic captions, P8 x K4).
-    # lr 1e-4 as the image methods' tiny presets: at 1e-5 the tiny towers barely move
-    # in a dozen epochs of a few hundred images.
+    # tiny: the CPU benchmark (tiny CLIP pretrained on synthetic captions, P8 x K4), with
+    # the epochs, lr and warm-up of the image methods' tiny image stage (baseline, clip_reid).
+    # Not tuned: from a random-init tiny CLIP (backbone.pretrained=null) on 60 synthetic
+    # identities, seed 0, it moved the test mAP from 34.3 (untrained) to 31.8.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2},
     }
