@@ -121,3 +121,52 @@ def chunks(batch: dict, size: int = 3):
     n = batch["pid"].numel()
     for s in range(0, n, size):
         yield {k: v[s: s + size] for k, v in batch.items()}
+
+
+# ----------------------------------------------------------- contract batches
+
+FAKE_TEXTS = {
+    "caption": ["a person in a red shirt and blue pants", "a person in a green shirt", "a person in blue clothes",
+                "a photo of a person in red pants"],
+    "id_description": ["a person", "a photo of a person", "a person .", "person"],
+    "clothes_description": ["red shirt and blue pants", "green shirt", "blue clothes", "red pants"],
+}
+
+
+def part_bands(n: int, size: tuple[int, int]) -> torch.Tensor:
+    """``[n,H,W]`` part labels as horizontal bands (head at the top, feet at the bottom)
+    with a background column on each side, so every label 0..5 is present."""
+    h, w = size
+    rows = (torch.arange(h) * 5 // h + 1).view(h, 1).expand(h, w).clone()
+    rows[:, 0] = 0
+    rows[:, -1] = 0
+    return rows.expand(n, h, w).clone()
+
+
+def requirement_batch(requires=(), num_classes: int = 4, size: tuple[int, int] = (32, 16), seed: int = 0,
+                      n_per_id: int = 2) -> dict:
+    """A training batch as the loaders yield it for a method that ``requires`` these
+    names (``reidbench.methods.REQUIREMENTS``): part masks and parsing maps are real
+    (``has_*`` True) only when required, clothes ids are known (>= 0) only when
+    required, and a ``list[str]`` per sample is there for each required text kind only."""
+    batch = identity_batch(num_classes, size, seed, n_per_id)
+    del batch["captions"]
+    n = batch["pid"].numel()
+    label_maps = bool({"mask", "parsing"} & set(requires))
+    mask = part_bands(n, size) if label_maps else torch.zeros(n, *size, dtype=torch.long)
+    batch.update(mask=mask, parsing=mask * 2, visible=torch.stack([(mask == k).flatten(1).any(1) for k in range(1, 6)], 1),
+                 has_mask=torch.full((n,), label_maps), has_parsing=torch.full((n,), label_maps))
+    if "clothes_id" in requires:
+        batch["clothes_id"] = (batch["pid"] * 2 + torch.arange(n) % 2) % 6
+    for kind, texts in FAKE_TEXTS.items():
+        if kind in requires:
+            batch[kind] = [texts[int(p) % len(texts)] for p in batch["pid"]]
+    return batch
+
+
+def text_query_batch(num_classes: int = 4, n_per_id: int = 2) -> dict:
+    """A text-query batch of a text-to-image test split: one caption per row."""
+    pids = torch.arange(num_classes).repeat_interleave(n_per_id)
+    n = pids.numel()
+    return {"caption": [FAKE_TEXTS["caption"][(int(p) + i) % 4] for i, p in enumerate(pids)], "pid": pids,
+            "camid": torch.zeros(n, dtype=torch.long), "index": torch.arange(n)}

@@ -1,17 +1,15 @@
-"""The clip_reid and baseline methods: registry, configs, stages, what trains
-when, caches, and that a few steps reduce the loss (fake and real tiny backbones)."""
+"""The clip_reid, baseline and t2i_baseline methods: registry, configs, stages, what
+trains when, caches, loss definitions, and that a few steps reduce the loss (fake and
+real tiny backbones). What every method must do is in test_method_contract.py."""
 
 from __future__ import annotations
-
-import dataclasses
-import typing
 
 import pytest
 import torch
 
 from fakes import FakeCLIP, chunks, identity_batch
 from reidbench.methods import DataSpec
-from reidbench.config import ConfigError, from_dict, merge
+from reidbench.config import from_dict
 from reidbench.methods import Method, Stage, get_method, list_methods
 from reidbench.methods.baseline import Baseline, BaselineConfig
 from reidbench.methods.clip_reid import ClipReid, ClipReidConfig
@@ -66,23 +64,6 @@ def test_registry_lists_both_methods():
         get_method("clipreid")
 
 
-@pytest.mark.parametrize("cls", [ClipReidConfig, BaselineConfig])
-def test_configs_have_defaults_for_every_field(cls):
-    nested = []
-
-    def check(c):
-        hints = typing.get_type_hints(c)
-        for f in dataclasses.fields(c):
-            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
-            if dataclasses.is_dataclass(hints[f.name]):
-                nested.append(hints[f.name])
-                check(hints[f.name])
-
-    check(cls)
-    assert nested  # the stage sections were checked too
-    cls()  # constructible with no arguments
-
-
 def test_paper_defaults_are_the_clip_reid_recipe():
     cfg = ClipReidConfig()
     assert (cfg.n_ctx, cfg.ctx_init_std, cfg.prompt_template) == (4, 0.02, "a photo of a {ctx} person.")
@@ -92,17 +73,6 @@ def test_paper_defaults_are_the_clip_reid_recipe():
     assert (tuple(img.milestones), img.gamma, img.label_smoothing, img.triplet_margin) == ((30, 50), 0.1, 0.1, 0.3)
     assert cfg.neck_feat == "before" and cfg.use_i2t_in_stage2
     assert BaselineConfig().image == img
-
-
-@pytest.mark.parametrize("method", [ClipReid, Baseline])
-def test_presets_validate_against_the_config(method):
-    assert method.PRESETS["paper"] == {}
-    tiny = from_dict(method.config_cls, merge(method.PRESETS["tiny"], {}))
-    assert tiny.image.epochs < method.config_cls().image.epochs
-    with pytest.raises(KeyError, match="known: paper, tiny"):
-        method.config_cls.preset("huge")
-    with pytest.raises(ConfigError, match="did you mean 'params.image.lr'"):
-        from_dict(method.config_cls, {"image": {"lrr": 1.0}}, prefix="params.")
 
 
 def test_baseline_and_clip_reid_tiny_image_stages_match():
@@ -346,3 +316,130 @@ def test_baseline_on_the_real_tiny_backbone(tiny_clip):
     batch = make_batch(size=method.backbone.image_size)
     losses, terms = train_steps(method, stage, batch, steps=6, lr=1e-4)
     assert set(terms) == {"id", "triplet"} and losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------- t2i_baseline
+
+
+def fake_t2i(**overrides):
+    from reidbench.methods.t2i_baseline import T2IBaseline, T2IBaselineConfig
+
+    torch.manual_seed(0)
+    return T2IBaseline(from_dict(T2IBaselineConfig, overrides), FakeCLIP(context_length=32),
+                       DataSpec(NUM_CLASSES, task="text"))
+
+
+def caption_batch(n_per_id=2):
+    from fakes import requirement_batch
+
+    return requirement_batch(("caption",), NUM_CLASSES, n_per_id=n_per_id)
+
+
+def test_t2i_contrastive_forms_on_constructed_cases():
+    import torch.nn.functional as F
+
+    from reidbench.methods.t2i_baseline import cross_modal_contrastive
+
+    # One pair per identity: the multi-positive InfoNCE is CLIP's loss.
+    img, txt, ids = torch.randn(5, 8), torch.randn(5, 8), torch.arange(5)
+    logits = 7.0 * F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T
+    clip = cross_modal_contrastive(img, txt, ids, 7.0, "infonce")
+    assert torch.allclose(clip["i2t"], F.cross_entropy(logits, ids), atol=1e-5)
+    assert torch.allclose(clip["t2i"], F.cross_entropy(logits.T, ids), atol=1e-5)
+    # Two identities x two pairs, same-identity embeddings equal, identities orthogonal, a large
+    # scale: p is uniform over the two positives = q, so SDM's KL is 0 and InfoNCE is H(q) = log 2.
+    e = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    sdm = cross_modal_contrastive(e, e, labels, 100.0, "sdm")
+    nce = cross_modal_contrastive(e, e, labels, 100.0, "infonce")
+    for direction in ("i2t", "t2i"):
+        assert sdm[direction].abs() < 1e-4
+        assert torch.allclose(nce[direction], torch.log(torch.tensor(2.0)), atol=1e-4)
+    # The positives are the identity's other captions too, not only the diagonal.
+    swapped = cross_modal_contrastive(e, e[[1, 0, 3, 2]], labels, 100.0, "infonce")
+    assert torch.allclose(swapped["i2t"], nce["i2t"], atol=1e-5)
+    with pytest.raises(ValueError, match="paired"):
+        cross_modal_contrastive(e, e[:3], labels, 1.0)
+
+
+def test_t2i_paper_preset_is_irra_and_tiny_is_shorter():
+    method = fake_t2i()
+    (stage,) = method.stages()
+    assert (stage.optimizer, stage.lr, stage.epochs, stage.schedule) == ("adam", 1e-5, 60, "cosine")
+    assert (stage.warmup_epochs, stage.warmup_factor, stage.weight_decay) == (5, 0.1, 4e-5)
+    assert stage.param_groups == (("classifier.", 5.0),)
+    assert dict(stage.loss_weights) == {"i2t": 1.0, "t2i": 1.0, "id": 1.0}
+    assert method.scale() == pytest.approx(50.0)  # 1 / 0.02
+    tiny = fake_t2i(**get_method("t2i_baseline").PRESETS["tiny"])
+    assert tiny.stages()[0].epochs < stage.epochs
+
+
+def test_t2i_fixed_scale_freezes_the_backbone_logit_scale_and_learned_trains_it():
+    batch = caption_batch()
+    fixed = fake_t2i()
+    assert "backbone.logit_scale" not in set_trainable_names(fixed)
+    a = fixed.training_step(batch, fixed.stages()[0])["i2t"]
+    with torch.no_grad():
+        fixed.backbone.logit_scale.add_(1.0)
+    assert torch.equal(fixed.training_step(batch, fixed.stages()[0])["i2t"], a)
+
+    learned = fake_t2i(logit_scale="learned")
+    assert "backbone.logit_scale" in set_trainable_names(learned)
+    assert learned.scale().item() == pytest.approx(learned.backbone.logit_scale.exp().item())
+    learned.training_step(batch, learned.stages()[0])["i2t"].backward()
+    assert learned.backbone.logit_scale.grad is not None
+
+
+def set_trainable_names(method):
+    from reidbench.harness.optim import set_trainable
+
+    return set(set_trainable(method, method.stages()[0]))
+
+
+def test_t2i_loss_switches():
+    import torch.nn.functional as F
+
+    batch = caption_batch()
+    both = fake_t2i()
+    both.eval()
+    terms = both.training_step(batch, both.stages()[0])
+    with torch.no_grad():
+        img, txt = both.embed_image(batch), both.embed_text(batch)
+    ce = [F.cross_entropy(both.classifier(x), batch["pid"]) for x in (img, txt)]
+    assert torch.allclose(terms["id"], (ce[0] + ce[1]) / 2, atol=1e-5)
+
+    image_only = fake_t2i(id_loss="image").eval()
+    with torch.no_grad():
+        expected = F.cross_entropy(image_only.classifier(image_only.embed_image(batch)), batch["pid"])
+    assert torch.allclose(image_only.training_step(batch, image_only.stages()[0])["id"], expected, atol=1e-5)
+
+    no_id = fake_t2i(id_loss="none")
+    assert no_id.classifier is None and not any(n.startswith("classifier") for n, _ in no_id.named_parameters())
+    (stage,) = no_id.stages()
+    assert set(no_id.training_step(batch, stage)) == {"i2t", "t2i"} and "id" not in dict(stage.loss_weights)
+
+    no_nce = fake_t2i(contrastive="none")
+    assert set(no_nce.training_step(batch, no_nce.stages()[0])) == {"id"}
+    with pytest.raises(ValueError, match="text embeddings would stay untrained"):
+        fake_t2i(contrastive="none", id_loss="image")
+
+
+def test_t2i_a_few_steps_pull_captions_to_their_identity_images():
+    method = fake_t2i()
+    (stage,) = method.stages()
+    batch = caption_batch()
+    losses, _ = train_steps(method, stage, batch, steps=15, lr=3e-3)
+    assert losses[-1] < 0.7 * losses[0]
+    method.eval()
+    with torch.no_grad():
+        dist = method.distance(method.embed_text(batch), method.embed_image(batch))
+    nearest = batch["pid"][dist.argmin(dim=1)]
+    assert (nearest == batch["pid"]).float().mean() >= 0.75
+
+
+def test_t2i_without_captions_is_a_clear_error():
+    method = fake_t2i()
+    batch = caption_batch()
+    del batch["caption"]
+    with pytest.raises(ValueError, match="no 'caption' texts"):
+        method.embed_text(batch)
