@@ -150,7 +150,6 @@ def requirement_batch(requires=(), num_classes: int = 4, size: tuple[int, int] =
     (``has_*`` True) only when required, clothes ids are known (>= 0) only when
     required, and a ``list[str]`` per sample is there for each required text kind only."""
     batch = identity_batch(num_classes, size, seed, n_per_id)
-    del batch["captions"]
     n = batch["pid"].numel()
     label_maps = bool({"mask", "parsing"} & set(requires))
     mask = part_bands(n, size) if label_maps else torch.zeros(n, *size, dtype=torch.long)
