@@ -54,6 +54,9 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
     # dist.use_gpu / optim.amp default to "CUDA if there is one": the run logs what it ran on.
     assert (run.data.params["dist.use_gpu"], run.data.params["optim.amp"]) == ("False", "False")
     assert "train/loss" in run.data.metrics and "val/mAP" in run.data.metrics and "lr" in run.data.metrics
+    # what selected the model: market1501 has no official val split, so held-out training identities
+    assert (run.data.tags["validation.protocol"], run.data.tags["validation.source"],
+            run.data.tags["validation.metric"]) == ("standard", "held-out identities", "val/mAP")
     assert run.data.metrics["test/standard/mAP"] == pytest.approx(first["test/standard/mAP"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "cmc.png"} <= artifacts

@@ -241,11 +241,14 @@ def test_a_cloth_changing_run_validates_under_cc_and_mlflow_says_so(tmp_path):
     from reidbench.harness.api import train_run
     from reidbench.harness.tracking import tracking_uri
 
-    root = synthesize(tmp_path / "synth", flavor="cc", ids=20, seed=0, workers=1)["cc"]
+    # 20 identities in PRCC's layout: 12 train, 2 in rgb/val (the official split), 6 test; one image per
+    # camera (A and B in one outfit, C in another), small images, one epoch and a bit.
+    root = synthesize(tmp_path / "synth", flavor="cc", ids=20, seed=0, workers=1, image_size=(64, 32),
+                      images_per_id=3)["cc"]
     cfg = build_run_config(overrides=[
         "method=baseline", "data.dataset=synthetic_cc", f"data.root={root}", "data.p=4", "data.k=2",
-        "data.num_workers=0", "backbone.pretrained=null", "optim.epochs_scale=0.1", f"output_dir={tmp_path / 'runs'}",
-        "tracking.experiment=validation-test"])
+        "data.image_size=[64,32]", "data.num_workers=0", "backbone.pretrained=null", "optim.epochs_scale=0.1",
+        f"output_dir={tmp_path / 'runs'}", "tracking.experiment=validation-test"])
     metrics = train_run(cfg)
     assert "test/cc/mAP" in metrics and metrics["best_epoch"] >= 0
     client = MlflowClient(tracking_uri(cfg))
