@@ -151,6 +151,10 @@ def test_eval_command_reproduces_a_trained_run_and_scores_the_untrained_model(tm
     assert "data.k=8" in capsys.readouterr().err
     assert main(["eval", "--untrained", "--dataset", "market1501"]) == 2
     assert "--method" in capsys.readouterr().err
+    # An image model cannot be scored on a text-to-image dataset: refused in one line, before reading it.
+    assert main(["eval", "--checkpoint", str(run_dir), "--dataset", "synthetic_pedes"]) == 2
+    err = capsys.readouterr().err
+    assert "'synthetic_pedes' is a text ReID benchmark" in err and "Traceback" not in err
 
 
 def _open_store(uri: str) -> None:

@@ -193,8 +193,9 @@ def test_text_to_image_scoring_uses_the_methods_distance(tmp_path):
 def test_reranking_a_text_to_image_protocol_is_refused_before_anything_runs(tmp_path, monkeypatch):
     from reidbench.harness import trainer
 
-    cfg = build_run_config(overrides=["data.dataset=synthetic_pedes", "evaluation.rerank=true",
-                                      f"output_dir={tmp_path}"])
+    # small settings, so that a missing check fails fast instead of generating and pretraining
+    cfg = build_run_config(overrides=["data.dataset=synthetic_pedes", "evaluation.rerank=true", "data.synthetic.ids=12",
+                                      "backbone.pretrained=null", f"output_dir={tmp_path}"])
     text_method = type("TextOnly", (), {"tasks": ("text",)})
     monkeypatch.setattr(trainer, "get_method", lambda name: text_method)
     monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))

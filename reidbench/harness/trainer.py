@@ -4,8 +4,11 @@
 The loop knows nothing about which method it runs: it asks the method for its
 stages, freezes what a stage does not train, builds the optimizer and learning
 rate schedule of the stage, sums the method's named loss terms with the stage's
-weights, checkpoints every epoch, selects the model on a validation split carved
-from the training identities, and evaluates the test split once at the end.
+weights, checkpoints every epoch, selects the model on the dataset's validation
+(``validation.plan_validation``: its headline protocol, on its official val split or on
+held-out training identities), and evaluates the test split once at the end. A run whose
+method cannot handle the dataset's task is refused before anything is read or written
+(``check_run``).
 
 It runs in-process for a single worker and inside Ray Train workers otherwise;
 ``WorkerEnv`` is the only thing that differs.
