@@ -127,7 +127,7 @@ def hold_out(train: list[Sample], fraction: float, seed: int) -> tuple[list[Samp
     """(the kept identities' samples relabelled, the held-out identities' samples): ``fraction``
     of the identities, drawn with ``seed``; nothing is held out when that rounds to 0."""
     pids = sorted({s.pid for s in train})
-    n_val = int(round(len(pids) * fraction))
+    n_val = round(len(pids) * fraction)
     if fraction <= 0 or n_val == 0:
         return train, []
     if len(pids) - n_val < 2:
