@@ -54,6 +54,9 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
     # dist.use_gpu / optim.amp default to "CUDA if there is one": the run logs what it ran on.
     assert (run.data.params["dist.use_gpu"], run.data.params["optim.amp"]) == ("False", "False")
     assert "train/loss" in run.data.metrics and "val/mAP" in run.data.metrics and "lr" in run.data.metrics
+    # what selected the model: market1501 has no official val split, so held-out training identities
+    assert (run.data.tags["validation.protocol"], run.data.tags["validation.source"],
+            run.data.tags["validation.metric"]) == ("standard", "held-out identities", "val/mAP")
     assert run.data.metrics["test/standard/mAP"] == pytest.approx(first["test/standard/mAP"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "cmc.png"} <= artifacts
@@ -148,6 +151,10 @@ def test_eval_command_reproduces_a_trained_run_and_scores_the_untrained_model(tm
     assert "data.k=8" in capsys.readouterr().err
     assert main(["eval", "--untrained", "--dataset", "market1501"]) == 2
     assert "--method" in capsys.readouterr().err
+    # An image model cannot be scored on a text-to-image dataset: refused in one line, before reading it.
+    assert main(["eval", "--checkpoint", str(run_dir), "--dataset", "synthetic_pedes"]) == 2
+    err = capsys.readouterr().err
+    assert "'synthetic_pedes' is a text ReID benchmark" in err and "Traceback" not in err
 
 
 def _open_store(uri: str) -> None:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..cache import cache_root
-from .registry import build_dataset, register_dataset
+from .registry import _TASKS, build_dataset, register_dataset
 from .records import ReidDataset
 
 # registered name -> (generator flavor, adapter that reads it)
@@ -48,7 +48,9 @@ def synthetic_root(flavor: str, generation: dict | None = None) -> Path:
 
 
 def _register(name: str, flavor: str, adapter: str) -> None:
-    @register_dataset(name)
+    from . import adapters  # noqa: F401  (registers the real adapter, and its task, first)
+
+    @register_dataset(name, task=_TASKS[adapter])
     def build(root: str | None) -> ReidDataset:
         dataset = build_dataset(adapter, str(root) if root else str(synthetic_root(flavor)))
         dataset.name = name

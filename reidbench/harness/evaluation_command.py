@@ -12,7 +12,7 @@ from ..datasets import build_dataset
 from . import checkpoint as ckpt
 from .commands import print_metrics, run_config_from_args
 from .run_config import build_run_config
-from .trainer import evaluate_test, local_device, prepare, summarize_results
+from .trainer import check_run, evaluate_test, local_device, prepare, summarize_results
 
 
 def locate(path: Path) -> tuple[Path, Path]:
@@ -68,18 +68,21 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
         if not (config_dir / ckpt.CONFIG_FILE).exists():
             raise FileNotFoundError(f"no {ckpt.CONFIG_FILE} beside {weights} (looked in {config_dir})")
         cfg = build_run_config(overrides=args.overrides, base=ckpt.read_config(config_dir))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        target = cfg
+        if args.dataset or args.root:
+            target = replace(cfg, data=replace(cfg.data, dataset=args.dataset or cfg.data.dataset,
+                                               root=args.root if args.root else cfg.data.root))
+            check_run(target)  # the requested dataset's task, before the model is built
+        # The model is rebuilt as trained (its classifier sizes come from the training set),
+        # then evaluated on the requested dataset's test protocols.
+        prep = prepare(cfg)
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"reidbench eval: {exc}", file=sys.stderr)
         return 2
-    # The model is rebuilt as trained (its classifier sizes come from the training set),
-    # then evaluated on the requested dataset's test protocols.
-    prep = prepare(cfg)
     ckpt.load_weights(prep.method, weights)
-    if args.dataset or args.root:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset or cfg.data.dataset,
-                                        root=args.root if args.root else cfg.data.root))
-        prep = replace(prep, dataset=build_dataset(cfg.data.dataset, cfg.data.root))
-    return _score(prep, cfg, str(weights))
+    if target is not cfg:
+        prep = replace(prep, dataset=build_dataset(target.data.dataset, target.data.root))
+    return _score(prep, target, str(weights))
 
 
 def _score(prep, cfg, what: str) -> int:

@@ -2,7 +2,8 @@
 
 One run per (method, ablation, dataset, seed) in an experiment, named
 ``method/ablation/dataset/seed`` and tagged with those four plus ``sweep`` and the git
-commit. A resumed run continues the run it finds by those tags; a fresh run with the
+commit; the training loop adds ``validation.protocol`` / ``validation.source`` /
+``validation.metric`` (what selected the model, ``harness.validation.Validation.tags``). A resumed run continues the run it finds by those tags; a fresh run with the
 same tags replaces it (the old one is deleted), so an experiment never holds two runs
 of one configuration. Runs end FINISHED, FAILED or KILLED, never left RUNNING.
 Only ``MlflowClient`` is used (no global active run), so workers and sweeps can log
@@ -121,7 +122,8 @@ def close_run(uri: str, run_id: str, status: str) -> None:
 
 
 class MlflowTracker:
-    """What rank 0 logs through: per-epoch metrics and figures."""
+    """What rank 0 logs through: per-epoch metrics, figures, and tags known only once the data
+is read (``validation.*``: the protocol and split that select the model)."""
 
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri = uri
@@ -135,6 +137,12 @@ class MlflowTracker:
         items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags, not params: a resumed run sets them again, and MLflow refuses to change a param."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_figure(self, figure, path: str) -> None:
         self.client.log_figure(self.run_id, figure, path)

@@ -4,8 +4,11 @@
 The loop knows nothing about which method it runs: it asks the method for its
 stages, freezes what a stage does not train, builds the optimizer and learning
 rate schedule of the stage, sums the method's named loss terms with the stage's
-weights, checkpoints every epoch, selects the model on a validation split carved
-from the training identities, and evaluates the test split once at the end.
+weights, checkpoints every epoch, selects the model on the dataset's validation
+(``validation.plan_validation``: its headline protocol, on its official val split or on
+held-out training identities), and evaluates the test split once at the end. A run whose
+method cannot handle the dataset's task is refused before anything is read or written
+(``check_run``).
 
 It runs in-process for a single worker and inside Ray Train workers otherwise;
 ``WorkerEnv`` is the only thing that differs.
@@ -28,7 +31,7 @@ from ..datasets import ReidDataset, Sample, build_dataset
 from ..methods import LOGGED, DataSpec, Method, Stage, get_method, list_methods
 from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_factor, scale_schedule, set_lr, set_trainable, stage_epochs
-from .validation import split_validation
+from .validation import SELECTION_METRIC, Validation, plan_validation
 from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
 from .requirements import check_requirements, required_text_kinds
 from .rerank import k_reciprocal_rerank
@@ -47,6 +50,8 @@ class CheckpointStore(Protocol):
 
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
 
 
 @dataclass
@@ -138,19 +143,23 @@ def embed(method: Method, loader: Iterable[dict], device: torch.device, text: bo
 def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample], protocol: str,
                        cfg: RunConfig, image_size: tuple[int, int], device: torch.device,
                        test_time: bool = False) -> Any:
-    """Embed query and gallery with the method and score them with the evaluation engine.
-    With ``test_time``, ``cfg.evaluation``'s flip averaging and re-ranking apply."""
+    """Embed query and gallery with the method and score them with the evaluation engine,
+    with the method's own ``distance`` where it defines one (cosine otherwise), text-to-image
+    included. With ``test_time``, ``cfg.evaluation``'s flip averaging and re-ranking apply;
+    re-ranking a text-to-image protocol is refused (see :func:`check_run`)."""
     from ..datasets.loader import build_eval_loader, build_text_loader
 
     bs = cfg.data.eval_batch_size
     options = cfg.evaluation if test_time else EvalConfig()
+    if protocol == "t2i" and options.rerank:
+        raise ValueError(RERANK_T2I)
+    own_distance = type(method).distance is not Method.distance
+    metric = method.distance if own_distance else "cosine"
     gf = embed(method, build_eval_loader(gallery, image_size, bs), device, flip=options.flip)
     if protocol == "t2i":
         qf = embed(method, build_text_loader(query, bs), device, text=True)
-        return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery])
+        return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery], metric=metric)
     qf = embed(method, build_eval_loader(query, image_size, bs), device, flip=options.flip)
-    own_distance = type(method).distance is not Method.distance
-    metric = method.distance if own_distance else "cosine"
     labels = (np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
               np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
     if options.rerank:
@@ -172,8 +181,7 @@ class Prepared:
 
     dataset: ReidDataset
     train: list[Sample]
-    val_query: list[Sample]
-    val_gallery: list[Sample]
+    validation: Validation  # what selects the model (validation.plan_validation)
     method: Method
     image_size: tuple[int, int]
 
@@ -192,18 +200,41 @@ def load_dataset(cfg: RunConfig) -> ReidDataset:
     return apply_texts_files(build_dataset(cfg.data.dataset, root), cfg.data.texts)
 
 
+# k-reciprocal re-ranking needs query-query and gallery-gallery neighbourhoods; for text
+# queries that means text-text distances from a model trained only on text-image pairs, and
+# no text-to-image benchmark reports re-ranked numbers to check an implementation against.
+RERANK_T2I = ("evaluation.rerank=true is not supported on text-to-image protocols (k-reciprocal re-ranking "
+              "is defined for image-to-image retrieval); set evaluation.rerank=false")
+
+
+def check_run(cfg: RunConfig, task: str | None = None) -> None:
+    """Refuse, before anything is read, generated or written, a run whose method cannot handle
+    the dataset's task (``task``: the dataset's, from the registry when not given) or whose
+    test-time options do not apply to it."""
+    from ..datasets.registry import dataset_task
+
+    task = task or dataset_task(cfg.data.dataset)
+    method_cls = get_method(cfg.method)
+    if task not in method_cls.tasks:
+        raise ValueError(f"method {cfg.method!r} handles {' and '.join(method_cls.tasks)} ReID, but dataset "
+                         f"{cfg.data.dataset!r} is a {task} ReID benchmark; pick a {task} method "
+                         f"({', '.join(m for m in list_methods() if task in get_method(m).tasks) or 'none registered'})")
+    if task == "text" and cfg.evaluation.rerank:
+        raise ValueError(f"dataset {cfg.data.dataset!r}: {RERANK_T2I}")
+
+
 def prepare(cfg: RunConfig) -> Prepared:
-    """Read the data, hold out validation identities and build the method, checking
-    before anything trains that the method handles the dataset's task."""
+    """Check the run (:func:`check_run`, before the dataset is read or generated), read the
+    data, choose what validates the model (:func:`validation.plan_validation`: the
+    dataset's headline protocol, its official val split or held-out identities) and build
+    the method."""
     from ..backbones import build_backbone
 
+    check_run(cfg)
     method_cls = get_method(cfg.method)
     dataset = load_dataset(cfg)
-    if dataset.task not in method_cls.tasks:
-        raise ValueError(f"method {cfg.method!r} handles {' and '.join(method_cls.tasks)} ReID, but dataset "
-                         f"{cfg.data.dataset!r} is a {dataset.task} ReID benchmark; pick a {dataset.task} method "
-                         f"({', '.join(m for m in list_methods() if dataset.task in get_method(m).tasks)})")
-    train, vq, vg = split_validation(dataset.splits["train"], cfg.data.val_fraction, cfg.seed)
+    check_run(cfg, dataset.task)
+    train, validation = plan_validation(dataset, cfg.data.val_fraction, cfg.seed)
     check_requirements(train, method_cls.requires, cfg.method, root=dataset.root)
     num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
     spec = DataSpec(num_classes=len({s.pid for s in train}), num_cameras=num_cameras,
@@ -211,7 +242,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     backbone = build_backbone(cfg.backbone.kind, cfg.backbone.preset, cfg.backbone.pretrained,
                               image_size=cfg.data.image_size, num_cameras=num_cameras if cfg.backbone.sie else 0)
     method = method_cls(method_config(cfg), backbone, spec)
-    return Prepared(dataset, train, vq, vg, method, tuple(backbone.image_size))
+    return Prepared(dataset, train, validation, method, tuple(backbone.image_size))
 
 
 def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
@@ -222,6 +253,9 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     seed_everything(cfg.seed)
     prep = prepare(cfg)
     method = prep.method.to(env.device)
+    validation = prep.validation
+    if env.tracker is not None:  # which protocol and split select the model, for every run
+        env.tracker.set_tags(validation.tags())
     config_dict = resolved_dict(cfg)
     stages = method.stages()
     state: dict[str, Any] = {"stage_index": 0, "epoch": 0, "best": {"score": -1.0, "stage": -1, "epoch": -1}}
@@ -275,14 +309,14 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env)
             metrics = {f"train/{k}": v for k, v in sums.items()}
             metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})
-            if is_last and prep.val_query and env.is_main:
+            if is_last and validation.enabled and env.is_main:
                 t_val = time.perf_counter()
-                val = evaluate_retrieval(method, prep.val_query, prep.val_gallery, "standard", cfg,
+                val = evaluate_retrieval(method, validation.query, validation.gallery, validation.protocol, cfg,
                                          prep.image_size, env.device).summary()
                 metrics.update({f"val/{k}": v for k, v in val.items()})
                 metrics["val_seconds"] = time.perf_counter() - t_val
-                if val["mAP"] > state["best"]["score"]:
-                    state["best"] = {"score": val["mAP"], "stage": stage_index, "epoch": epoch}
+                if val[SELECTION_METRIC] > state["best"]["score"]:
+                    state["best"] = {"score": val[SELECTION_METRIC], "stage": stage_index, "epoch": epoch}
                     best_path.parent.mkdir(parents=True, exist_ok=True)
                     ckpt.save_weights(method, best_path)
             step = stage_step_offset(stages, cfg, stage_index) + epoch

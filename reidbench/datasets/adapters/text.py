@@ -81,7 +81,7 @@ def _pedes(
     return ReidDataset(name, dset, "text", splits, list(T2I), official, notes)
 
 
-@register_dataset("cuhk_pedes")
+@register_dataset("cuhk_pedes", task="text")
 def cuhk_pedes(root: str | None) -> ReidDataset:
     """CUHK-PEDES (Li et al., CVPR 2017): ``reid_raw.json`` with ``file_path``; split field
     ``train`` / ``test`` / anything else = val (IRRA's rule)."""
@@ -103,7 +103,7 @@ def cuhk_pedes(root: str | None) -> ReidDataset:
     )
 
 
-@register_dataset("icfg_pedes")
+@register_dataset("icfg_pedes", task="text")
 def icfg_pedes(root: str | None) -> ReidDataset:
     """ICFG-PEDES (Ding et al., 2021): ``ICFG-PEDES.json`` with ``file_path``; splits
     ``train`` and ``test`` only (no validation split); one caption per image."""
@@ -123,7 +123,7 @@ def icfg_pedes(root: str | None) -> ReidDataset:
     )
 
 
-@register_dataset("rstpreid")
+@register_dataset("rstpreid", task="text")
 def rstpreid(root: str | None) -> ReidDataset:
     """RSTPReid (Zhu et al., ACM MM 2021): ``data_captions.json`` with ``img_path``;
     splits ``train`` / ``val`` / ``test``; two captions per image."""
