@@ -1,7 +1,7 @@
 """The registry of backbone kinds (``backbone.kind``).
 
 A kind is a builder ``(preset, pretrained, image_size, num_cameras) -> backbone``;
-every backbone offers the API the methods use (see :class:`reidbench.backbones.clip.ReidCLIP`).
+every backbone offers the API the methods use (listed in :mod:`reidbench.backbones.api`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_backbone(kind: str, preset: str, pretrained: str | os.PathLike | None,
 
 
 def _load_kinds() -> None:
-    from . import clip  # noqa: F401  (importing registers the kind)
+    from . import clip, vit_bert  # noqa: F401  (importing registers the kinds)
 
 
 __all__ = ["build_backbone", "list_backbones", "register_backbone"]
