@@ -37,8 +37,8 @@ def build_backbone(kind: str, preset: str, pretrained: str | os.PathLike | None,
     _load_kinds()
     if kind not in _KINDS:
         close = difflib.get_close_matches(kind, _KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"backbone.kind={kind!r} is not a backbone kind{hint} Known: {', '.join(sorted(_KINDS))}")
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ValueError(f"backbone.kind={kind!r} is not a backbone kind{hint} Known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](preset=preset, pretrained=pretrained, image_size=image_size, num_cameras=num_cameras)
 
 
