@@ -1,5 +1,6 @@
-"""CLIP backbones: presets, shapes, position-table interpolation, SIE, text pooling,
-loading local Hugging Face directories, tokenizers, the cache lock."""
+"""Backbones: CLIP presets, shapes, position-table interpolation, SIE, text pooling,
+loading local Hugging Face directories, tokenizers, the cache lock; the registry and
+the API every kind shares (parametrised over list_backbones()); the vit_bert kind."""
 
 from __future__ import annotations
 
@@ -545,6 +546,46 @@ def test_vit_bert_loads_local_hf_directories(vit_bert_dir):
     real = batch["attention_mask"].bool()
     assert torch.allclose(ours[real], theirs[real], atol=1e-5)
     assert torch.allclose(pooled, model.text_projection(theirs[:, 0]), atol=1e-5)  # pooled at [CLS]
+
+
+def test_vit_bert_loads_hub_checkpoint_layouts(vit_bert_dir, tmp_path):
+    """The published checkpoints are task models with older parameter names
+    (ViTForImageClassification: ``vit.encoder.layer.N.attention.attention.query``;
+    BertForPreTraining: ``bert.`` prefix, LayerNorm ``gamma``/``beta``), plus heads we do not use."""
+    import re
+    import shutil
+
+    from safetensors.torch import save_file
+
+    directory, vit, bert = vit_bert_dir
+    hub = tmp_path / "hub"
+    shutil.copytree(directory, hub)
+
+    def legacy_vit(key):
+        key = re.sub(r"^layers\.", "encoder.layer.", key)
+        for new, old in (("attention.q_proj", "attention.attention.query"), ("attention.k_proj", "attention.attention.key"),
+                         ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense"),
+                         ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+            key = key.replace(new, old)
+        return "vit." + key
+
+    vision = {legacy_vit(k): v.contiguous() for k, v in vit.state_dict().items()}
+    vision["classifier.weight"], vision["classifier.bias"] = torch.zeros(5, 192), torch.zeros(5)
+    save_file(vision, str(hub / "vision" / "model.safetensors"), metadata={"format": "pt"})
+    text = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v.contiguous()
+            for k, v in bert.state_dict().items()}
+    text["cls.predictions.bias"] = torch.zeros(bert.config.vocab_size)
+    save_file(text, str(hub / "text" / "model.safetensors"), metadata={"format": "pt"})
+
+    model = build_vit_bert("tiny", str(hub), image_size=(64, 64)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    batch = model.tokenizer(TEXTS)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(pixels).tokens, vit(pixel_values=pixels).last_hidden_state, atol=1e-5)
+        ours = model.encode_text_tokens(batch["input_ids"], batch["attention_mask"]).tokens
+        theirs = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
 
 
 def test_vit_bert_pretrained_folder_errors_say_what_is_missing(vit_bert_dir, tmp_path):

@@ -347,7 +347,8 @@ class ReidCLIP(nn.Module):
         self, pixels: torch.Tensor, camids: torch.Tensor | None = None, return_hidden: bool = False
     ) -> ImageFeatures:
         """``pixels [B,3,H,W]`` normalised with ``image_mean``/``image_std``; ``camids``
-        (0-based) add the SIE camera embedding when the model has one (ignored otherwise)."""
+        (0-based) add the SIE camera embedding when the model has one (ignored otherwise).
+        ``hidden_states[0]`` is the first layer's input, after ``pre_layrnorm``."""
         if pixels.dim() != 4 or tuple(pixels.shape[-2:]) != self.image_size:
             raise ValueError(
                 f"encode_image expects [B,3,{self.image_size[0]},{self.image_size[1]}] pixels "
