@@ -636,3 +636,23 @@ def test_vit_bert_base_has_vit_b16_and_bert_base_shapes():
     assert vision == 85_798_656 - (197 - 129) * 768
     assert count_parameters(model.text) == 108_891_648  # bert-base-uncased without pooler
     assert model.token_embedding.weight.shape == (30522, 768) and model.embed_dim == 768
+
+
+def test_fake_clip_offers_text_tokens_and_a_copyable_tower():
+    from fakes import FakeCLIP
+
+    from reidbench.methods.components import image_side_prefixes
+
+    torch.manual_seed(0)
+    fake = FakeCLIP(num_cameras=2).eval()
+    batch = fake.tokenizer(TEXTS)
+    with torch.no_grad():
+        feats = fake.encode_text_tokens(batch["input_ids"], batch["attention_mask"])
+        assert torch.allclose(feats.proj, fake.encode_text(batch["input_ids"], batch["attention_mask"]), atol=1e-6)
+    assert feats.tokens.shape == (2, fake.tokenizer.context_length, fake.text_width)
+    tower = copy.deepcopy(fake.image_tower())
+    pixels, cams = torch.randn(2, 3, *fake.image_size), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(tower(pixels, cams).proj, fake.encode_image(pixels, cams).proj)
+    assert {f"backbone.{n}" for n, _ in tower.named_parameters()} == {
+        f"backbone.{n}" for n, _ in fake.named_parameters() if f"backbone.{n}".startswith(image_side_prefixes(fake))}
