@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import threading
 import time
 
@@ -16,12 +15,16 @@ import torch
 from reidbench.backbones import (
     PretrainedCLIPNotFound,
     ReidCLIP,
+    build_backbone,
     build_clip,
+    build_vit_bert,
     count_parameters,
     get_preset,
     interpolate_pos_embedding,
+    list_backbones,
     list_presets,
 )
+from reidbench.backbones.api import TextFeatures
 from reidbench.backbones.tokenizer import cached_directory, load_tokenizer, train_word_tokenizer
 
 CAPTIONS = [
@@ -361,8 +364,6 @@ def test_cache_entry_is_built_once_under_concurrency(tmp_path):
 # ===================================================================== registry
 # Every registered kind must satisfy the API the methods use; the tests below are
 # parametrised over list_backbones(), so a new kind is covered once registered.
-from reidbench.backbones import build_backbone, build_vit_bert, list_backbones  # noqa: E402
-from reidbench.backbones.api import TextFeatures  # noqa: E402
 
 KINDS = list_backbones()
 TEXTS = ["a woman in a red coat and black shoes.", "a man wearing a blue shirt."]
@@ -508,8 +509,8 @@ def vit_bert_dir(tmp_path_factory):
     Hugging Face directories, with a preprocessor config and the WordPiece tokenizer."""
     from transformers import BertModel, ViTModel
 
-    from reidbench.backbones.vit_bert import get_preset
     from reidbench.backbones.tokenizer import default_wordpiece_tokenizer
+    from reidbench.backbones.vit_bert import get_preset
 
     d = tmp_path_factory.mktemp("vitbert")
     spec = get_preset("tiny")

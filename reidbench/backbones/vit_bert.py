@@ -363,14 +363,13 @@ def build_vit_bert(preset: str = "tiny", pretrained: str | os.PathLike | None = 
                          "(backbone.kind=clip only); for backbone.kind=vit_bert pass backbone.pretrained=null "
                          "(random init) or a local folder with vision/ (ViT) and text/ (BERT) Hugging Face "
                          "directories")
-    vision = ViTModel(spec.vit_config(size), add_pooling_layer=False)
     common = dict(embed_dim=spec.embed_dim, num_cameras=num_cameras, sie_coef=sie_coef, preset=spec.name)
 
     if pretrained is None:
         tokenizer = default_wordpiece_tokenizer(spec.context_length, cache_dir=cache_dir)
         text = BertModel(spec.bert_config(spec.vocab_size or tokenizer.vocab_size, tokenizer.pad_token_id),
                          add_pooling_layer=False)
-        return ReidViTBert(vision, text, tokenizer, **common)
+        return ReidViTBert(ViTModel(spec.vit_config(size), add_pooling_layer=False), text, tokenizer, **common)
 
     from transformers import BertConfig, ViTConfig
 
@@ -388,6 +387,7 @@ def build_vit_bert(preset: str = "tiny", pretrained: str | os.PathLike | None = 
     key = "embeddings.position_embeddings"
     state[key] = interpolate_pos_embedding(state[key][0], _grid_of(loaded.config), grid)[None]
     del loaded
+    vision = ViTModel(spec.vit_config(size), add_pooling_layer=False)
     vision.load_state_dict(state)
     text = _load_tower(BertModel, directory / "text", "BERT")
     mean, std = _pixel_statistics(directory / "vision")
