@@ -619,10 +619,17 @@ def test_vit_bert_pretrained_folder_errors_say_what_is_missing(vit_bert_dir, tmp
         build_backbone("vit_bert", "tiny", str(partial))
 
 
-def test_vit_bert_refuses_other_shapes_and_synthetic(vit_bert_dir):
+def test_vit_bert_refuses_other_shapes_and_synthetic(vit_bert_dir, tmp_path):
+    import shutil
+
     directory, _, _ = vit_bert_dir
     with pytest.raises(ValueError, match=r"different ViT/BERT than vit_bert preset 'base'.*vision_width: vision/ has 192, preset 768"):
         build_backbone("vit_bert", "base", str(directory))
+    swapped = tmp_path / "swapped"
+    shutil.copytree(directory / "text", swapped / "vision")
+    shutil.copytree(directory / "text", swapped / "text")
+    with pytest.raises(ValueError, match=r"swapped/vision/config.json is a 'bert' config, expected 'vit'"):
+        build_backbone("vit_bert", "tiny", str(swapped))
     with pytest.raises(ValueError, match="'synthetic' is the tiny CLIP.*backbone.kind=clip only"):
         build_backbone("vit_bert", "tiny", "synthetic")
     with pytest.raises(ValueError, match="unknown vit_bert preset 'vit-b16'; known presets: base, tiny"):
