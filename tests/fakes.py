@@ -47,6 +47,9 @@ class FakeTokenizer:
 class FakeCLIP(nn.Module):
     """Patchify + one transformer layer per tower; 32x16 images, patch 8 (4x2 grid)."""
 
+    image_modules = ("vision", "visual_projection", "camera_embedding")
+    image_attributes = ("image_size", "patch_grid", "num_cameras", "vision_width", "embed_dim")
+
     def __init__(self, vision_width: int = 32, text_width: int = 24, embed_dim: int = 16, num_cameras: int = 0,
                  context_length: int = 16, image_size: tuple[int, int] = (32, 16)) -> None:
         super().__init__()
@@ -103,6 +106,32 @@ class FakeCLIP(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         eos_index = attention_mask.sum(1) - 1
         return self.encode_text_embeddings(self.token_embedding(input_ids), eos_index)
+
+
+    def image_tower(self):
+        """The image side as a module sharing these parameters (deep-copy it for a second encoder)."""
+        from reidbench.backbones.api import ImageTower
+
+        return ImageTower(self, self.image_modules, self.image_attributes)
+
+    def encode_text_embeddings_tokens(self, token_embeds: torch.Tensor, eos_index: torch.Tensor,
+                                      attention_mask: torch.Tensor | None = None):
+        from reidbench.backbones.api import TextFeatures, mask_through
+
+        t = self.text
+        length = token_embeds.shape[1]
+        x = token_embeds + t["pos"].weight[:length]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+        x = t["final_ln"](t["layer"](x, src_mask=causal, is_causal=True))
+        eos_index = torch.as_tensor(eos_index, device=x.device).long().reshape(-1)
+        if attention_mask is None:
+            attention_mask = mask_through(eos_index, length)
+        return TextFeatures(x, self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos_index]),
+                            attention_mask, eos_index)
+
+    def encode_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.encode_text_embeddings_tokens(self.token_embedding(input_ids), attention_mask.sum(1) - 1,
+                                                  attention_mask)
 
 
 def identity_batch(num_classes: int = 4, size: tuple[int, int] = (32, 16), seed: int = 0, n_per_id: int = 2) -> dict:

@@ -1,10 +1,11 @@
-"""CLIP backbones: presets, shapes, position-table interpolation, SIE, text pooling,
-loading local Hugging Face directories, tokenizers, the cache lock."""
+"""Backbones: CLIP presets, shapes, position-table interpolation, SIE, text pooling,
+loading local Hugging Face directories, tokenizers, the cache lock; the registry and
+the API every kind shares (parametrised over list_backbones()); the vit_bert kind."""
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import threading
 import time
 
@@ -14,12 +15,16 @@ import torch
 from reidbench.backbones import (
     PretrainedCLIPNotFound,
     ReidCLIP,
+    build_backbone,
     build_clip,
+    build_vit_bert,
     count_parameters,
     get_preset,
     interpolate_pos_embedding,
+    list_backbones,
     list_presets,
 )
+from reidbench.backbones.api import TextFeatures
 from reidbench.backbones.tokenizer import cached_directory, load_tokenizer, train_word_tokenizer
 
 CAPTIONS = [
@@ -354,3 +359,308 @@ def test_cache_entry_is_built_once_under_concurrency(tmp_path):
     with pytest.raises(RuntimeError):
         cached_directory(tmp_path / "other", failing)
     assert not (tmp_path / "other").exists()
+
+
+# ===================================================================== registry
+# Every registered kind must satisfy the API the methods use; the tests below are
+# parametrised over list_backbones(), so a new kind is covered once registered.
+
+KINDS = list_backbones()
+TEXTS = ["a woman in a red coat and black shoes.", "a man wearing a blue shirt."]
+
+
+def test_registry_lists_the_kinds_and_names_the_closest():
+    assert {"clip", "vit_bert"} <= set(KINDS)
+    with pytest.raises(ValueError, match=r"backbone.kind='vit-bert' is not a backbone kind; did you mean 'vit_bert'\?"):
+        build_backbone("vit-bert", "tiny", None)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind_model(request):
+    torch.manual_seed(0)
+    return build_backbone(request.param, "tiny", None, num_cameras=2).eval()
+
+
+def test_every_kind_has_the_shared_api(kind_model):
+    m = kind_model
+    h, w = m.image_size
+    assert (h // m.patch_grid[0], w // m.patch_grid[1]) == (m.patch_size, m.patch_size)
+    assert len(m.image_mean) == len(m.image_std) == 3
+    for name in ("vision", "text", "visual_projection", "text_projection"):
+        assert isinstance(getattr(m, name), torch.nn.Module), name
+    assert m.logit_scale.dim() == 0 and m.logit_scale.requires_grad
+    pixels = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        img = m.encode_image(pixels, torch.tensor([0, 1]), return_hidden=True)
+    n_tokens = 1 + m.patch_grid[0] * m.patch_grid[1]
+    assert img.tokens.shape == (2, n_tokens, m.vision_width)
+    assert torch.equal(img.cls, img.tokens[:, 0]) and img.patches.shape == (2, n_tokens - 1, m.vision_width)
+    assert img.proj.shape == (2, m.embed_dim)
+    assert all(s.shape == (2, n_tokens, m.vision_width) for s in img.hidden_states) and len(img.hidden_states) >= 2
+    with pytest.raises(ValueError, match="pixels"):
+        m.encode_image(torch.randn(2, 3, h, w + m.patch_size))
+
+    tok = m.tokenizer
+    batch = tok(TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == (2, tok.context_length) and tok.encode_words("red")
+    assert m.token_embedding.weight.shape[1] == m.text_width
+    eos = m.eos_positions(ids, mask)
+    assert torch.equal(eos, mask.sum(1) - 1) and torch.all(ids[:, 0] == tok.bos_token_id)
+    with torch.no_grad():
+        feats = m.encode_text_tokens(ids, mask)
+        pooled = m.encode_text(ids, mask)
+        spliced = m.encode_text_embeddings(m.token_embedding(ids), eos)
+        spliced_tokens = m.encode_text_embeddings_tokens(m.token_embedding(ids), eos)
+        by_text = m.encode_texts(TEXTS)
+    assert isinstance(feats, TextFeatures)
+    assert feats.tokens.shape == (2, tok.context_length, m.text_width)
+    assert torch.equal(feats.attention_mask, mask) and feats.pool_index.shape == (2,)
+    assert pooled.shape == (2, m.embed_dim)
+    for other in (feats.proj, spliced, spliced_tokens.proj, by_text):
+        assert torch.allclose(other, pooled, atol=1e-5)
+    real = mask.bool()
+    assert torch.allclose(spliced_tokens.tokens[real], feats.tokens[real], atol=1e-5)
+
+
+def test_padding_never_changes_a_text_embedding(kind_model):
+    m = kind_model
+    batch = m.tokenizer(TEXTS)
+    ids, mask = batch["input_ids"].clone(), batch["attention_mask"]
+    with torch.no_grad():
+        before = m.encode_text(ids, mask)
+        ids[mask == 0] = 7  # junk where the padding was
+        after = m.encode_text(ids, mask)
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_sie_camera_changes_the_image_embedding(kind_model):
+    m = kind_model
+    pixels = torch.randn(1, 3, *m.image_size).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        out = m.encode_image(pixels, torch.tensor([0, 1])).proj
+    assert (out[0] - out[1]).abs().max() > 1e-4
+
+
+def test_prompt_learner_trains_on_every_kind(kind_model):
+    from reidbench.methods.components import PromptLearner
+
+    m = kind_model
+    learner = PromptLearner(m.token_embedding, m.tokenizer, num_classes=3, n_ctx=2)
+    embeds, eos = learner(torch.tensor([0, 2]))
+    out = m.encode_text_embeddings(embeds, eos)
+    assert out.shape == (2, m.embed_dim)
+    out.sum().backward()
+    assert learner.ctx.grad is not None and learner.ctx.grad[[0, 2]].abs().sum() > 0
+    assert learner.ctx.grad[1].abs().sum() == 0
+    m.zero_grad(set_to_none=True)
+
+
+def test_image_tower_copy_starts_equal_and_trains_alone(kind_model):
+    m = kind_model
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    tower = copy.deepcopy(m.image_tower())
+    pixels, cams = torch.randn(2, 3, *m.image_size), torch.tensor([0, 1])
+    with torch.no_grad():
+        ref = m.encode_image(pixels, cams, return_hidden=True)
+        got = tower(pixels, cams, return_hidden=True)
+    assert torch.equal(got.tokens, ref.tokens) and torch.equal(got.proj, ref.proj)
+    assert len(got.hidden_states) == len(ref.hidden_states)
+    # The copy's state dict uses the backbone's own image-side names.
+    own = m.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in tower.state_dict().items())
+
+    optimizer = torch.optim.SGD(tower.parameters(), lr=0.5)
+    tower.encode_image(pixels, cams).proj.pow(2).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        moved = tower(pixels, cams).proj
+        still = m.encode_image(pixels, cams).proj
+    assert (moved - ref.proj).abs().max() > 1e-4
+    assert torch.equal(still, ref.proj)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_image_side_prefixes_are_the_image_tower(kind_model):
+    from reidbench.methods.components import image_side_prefixes
+
+    m = kind_model
+    prefixes = image_side_prefixes(m)
+    image = {f"backbone.{n}" for n, _ in m.named_parameters() if f"backbone.{n}".startswith(prefixes)}
+    tower = {f"backbone.{n}" for n, _ in m.image_tower().named_parameters()}
+    assert image == tower
+    assert not any(n.startswith(("backbone.text.", "backbone.text_projection", "backbone.logit_scale")) for n in image)
+    assert any("vision" in n for n in image) and "backbone.visual_projection.weight" in image
+
+
+# ===================================================================== vit_bert
+def test_clip_text_tower_raises_no_future_warning(tiny, word_tok):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tiny.encode_text_tokens(**word_tok(CAPTIONS))
+
+
+@pytest.fixture(scope="module")
+def vit_bert_dir(tmp_path_factory):
+    """Tiny ViT (square 64x64, a 4x4 grid as public ViTs are square) and BERT saved as
+    Hugging Face directories, with a preprocessor config and the WordPiece tokenizer."""
+    from transformers import BertModel, ViTModel
+
+    from reidbench.backbones.tokenizer import default_wordpiece_tokenizer
+    from reidbench.backbones.vit_bert import get_preset
+
+    d = tmp_path_factory.mktemp("vitbert")
+    spec = get_preset("tiny")
+    torch.manual_seed(1)
+    vit = ViTModel(spec.vit_config((64, 64)), add_pooling_layer=False).eval()
+    tok = default_wordpiece_tokenizer(spec.context_length)
+    bert = BertModel(spec.bert_config(tok.vocab_size, tok.pad_token_id), add_pooling_layer=False).eval()
+    vit.save_pretrained(d / "vision")
+    (d / "vision" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4, 0.5, 0.6],
+                                                                       "image_std": [0.2, 0.3, 0.4]}))
+    bert.save_pretrained(d / "text")
+    tok.save(d / "text")
+    return d, vit, bert
+
+
+def test_vit_bert_loads_local_hf_directories(vit_bert_dir):
+    directory, vit, bert = vit_bert_dir
+    model = build_backbone("vit_bert", "tiny", str(directory)).eval()
+    assert model.image_size == (128, 64) and model.patch_grid == (8, 4)
+    assert model.image_mean == (0.4, 0.5, 0.6) and model.image_std == (0.2, 0.3, 0.4)
+    # The 4x4 square table is resized once to the 8x4 person grid (CLS kept).
+    table = vit.embeddings.position_embeddings[0].detach()
+    assert torch.allclose(model.vision.embeddings.position_embeddings[0],
+                          interpolate_pos_embedding(table, (4, 4), (8, 4)), atol=1e-6)
+    # Every other ViT weight is the saved one: at the saved 64x64 the tokens equal ViTModel's.
+    square = build_vit_bert("tiny", str(directory), image_size=(64, 64)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(square.encode_image(pixels).tokens, vit(pixel_values=pixels).last_hidden_state, atol=1e-5)
+        batch = model.tokenizer(TEXTS)
+        ours = model.encode_text_tokens(batch["input_ids"], batch["attention_mask"]).tokens
+        theirs = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        pooled = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+    assert torch.allclose(pooled, model.text_projection(theirs[:, 0]), atol=1e-5)  # pooled at [CLS]
+
+
+def test_vit_bert_loads_hub_checkpoint_layouts(vit_bert_dir, tmp_path):
+    """The published checkpoints are task models with older parameter names
+    (ViTForImageClassification: ``vit.encoder.layer.N.attention.attention.query``;
+    BertForPreTraining: ``bert.`` prefix, LayerNorm ``gamma``/``beta``), plus heads we do not use."""
+    import re
+    import shutil
+
+    from safetensors.torch import save_file
+
+    directory, vit, bert = vit_bert_dir
+    hub = tmp_path / "hub"
+    shutil.copytree(directory, hub)
+
+    def legacy_vit(key):
+        key = re.sub(r"^layers\.", "encoder.layer.", key)
+        for new, old in (("attention.q_proj", "attention.attention.query"), ("attention.k_proj", "attention.attention.key"),
+                         ("attention.v_proj", "attention.attention.value"), ("attention.o_proj", "attention.output.dense"),
+                         ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
+            key = key.replace(new, old)
+        return "vit." + key
+
+    vision = {legacy_vit(k): v.contiguous() for k, v in vit.state_dict().items()}
+    vision["classifier.weight"], vision["classifier.bias"] = torch.zeros(5, 192), torch.zeros(5)
+    save_file(vision, str(hub / "vision" / "model.safetensors"), metadata={"format": "pt"})
+    text = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v.contiguous()
+            for k, v in bert.state_dict().items()}
+    text["cls.predictions.bias"] = torch.zeros(bert.config.vocab_size)
+    save_file(text, str(hub / "text" / "model.safetensors"), metadata={"format": "pt"})
+
+    model = build_vit_bert("tiny", str(hub), image_size=(64, 64)).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    batch = model.tokenizer(TEXTS)
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(pixels).tokens, vit(pixel_values=pixels).last_hidden_state, atol=1e-5)
+        ours = model.encode_text_tokens(batch["input_ids"], batch["attention_mask"]).tokens
+        theirs = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+
+
+def test_vit_bert_pretrained_folder_errors_say_what_is_missing(vit_bert_dir, tmp_path):
+    import shutil
+
+    from reidbench.backbones import PretrainedViTBertNotFound
+
+    directory, _, _ = vit_bert_dir
+    with pytest.raises(PretrainedViTBertNotFound, match=r"does not exist.*vision.*text"):
+        build_backbone("vit_bert", "tiny", str(tmp_path / "nowhere"))
+    broken = tmp_path / "broken"
+    shutil.copytree(directory, broken)
+    (broken / "text" / "tokenizer.json").unlink()
+    (broken / "vision" / "model.safetensors").unlink()
+    with pytest.raises(PretrainedViTBertNotFound) as info:
+        build_backbone("vit_bert", "tiny", str(broken))
+    message = str(info.value)
+    assert f"{broken / 'vision'} has no model weights" in message
+    assert f"{broken / 'text'} has no tokenizer files" in message
+
+    # A weight missing from the file is an error, not a silently random tensor.
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial"
+    shutil.copytree(directory, partial)
+    weights = partial / "text" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v for k, v in state.items() if "layer.1.output.dense" not in k}, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"text.*BERT weights do not fit.*missing \['encoder.layer.1.output.dense"):
+        build_backbone("vit_bert", "tiny", str(partial))
+
+
+def test_vit_bert_refuses_other_shapes_and_synthetic(vit_bert_dir, tmp_path):
+    import shutil
+
+    directory, _, _ = vit_bert_dir
+    with pytest.raises(ValueError, match=r"different ViT/BERT than vit_bert preset 'base'.*vision_width: vision/ has 192, preset 768"):
+        build_backbone("vit_bert", "base", str(directory))
+    swapped = tmp_path / "swapped"
+    shutil.copytree(directory / "text", swapped / "vision")
+    shutil.copytree(directory / "text", swapped / "text")
+    with pytest.raises(ValueError, match=r"swapped/vision/config.json is a 'bert' config, expected 'vit'"):
+        build_backbone("vit_bert", "tiny", str(swapped))
+    with pytest.raises(ValueError, match="'synthetic' is the tiny CLIP.*backbone.kind=clip only"):
+        build_backbone("vit_bert", "tiny", "synthetic")
+    with pytest.raises(ValueError, match="unknown vit_bert preset 'vit-b16'; known presets: base, tiny"):
+        build_backbone("vit_bert", "vit-b16", None)
+
+
+def test_vit_bert_base_has_vit_b16_and_bert_base_shapes():
+    with torch.device("meta"):
+        model = build_vit_bert("base")
+    vision = count_parameters(model.vision)
+    # ViT-B/16 without pooler: 85,798,656 at 224x224 (197 positions); 129 at 256x128.
+    assert vision == 85_798_656 - (197 - 129) * 768
+    assert count_parameters(model.text) == 108_891_648  # bert-base-uncased without pooler
+    assert model.token_embedding.weight.shape == (30522, 768) and model.embed_dim == 768
+
+
+def test_fake_clip_offers_text_tokens_and_a_copyable_tower():
+    from fakes import FakeCLIP
+
+    from reidbench.methods.components import image_side_prefixes
+
+    torch.manual_seed(0)
+    fake = FakeCLIP(num_cameras=2).eval()
+    batch = fake.tokenizer(TEXTS)
+    with torch.no_grad():
+        feats = fake.encode_text_tokens(batch["input_ids"], batch["attention_mask"])
+        assert torch.allclose(feats.proj, fake.encode_text(batch["input_ids"], batch["attention_mask"]), atol=1e-6)
+    assert feats.tokens.shape == (2, fake.tokenizer.context_length, fake.text_width)
+    tower = copy.deepcopy(fake.image_tower())
+    pixels, cams = torch.randn(2, 3, *fake.image_size), torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.equal(tower(pixels, cams).proj, fake.encode_image(pixels, cams).proj)
+    assert {f"backbone.{n}" for n, _ in tower.named_parameters()} == {
+        f"backbone.{n}" for n, _ in fake.named_parameters() if f"backbone.{n}".startswith(image_side_prefixes(fake))}

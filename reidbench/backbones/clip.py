@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .api import ImageFeatures, ImageTower, TextFeatures, check_camids, mask_through
 from .registry import register_backbone
 from .tokenizer import ClipTokenizer, default_word_tokenizer, has_tokenizer_files, load_tokenizer
 
@@ -250,42 +251,13 @@ class PersonPatchEmbeddings(nn.Module):
         cls = self.class_embedding.to(patches.dtype).expand(batch, 1, -1)
         tokens = torch.cat([cls, patches], dim=1)
         if self.sie_embedding is not None and camids is not None:
-            camids = torch.as_tensor(camids, device=tokens.device).long().reshape(-1)
-            if camids.numel() != batch:
-                raise ValueError(f"camids has {camids.numel()} entries for a batch of {batch}")
-            if camids.min() < 0 or camids.max() >= self.num_cameras:
-                raise ValueError(
-                    f"camids must be 0-based camera indices below num_cameras={self.num_cameras}; "
-                    f"got values in [{int(camids.min())}, {int(camids.max())}]"
-                )
+            camids = check_camids(camids, batch, self.num_cameras, tokens.device)
             camera = self.sie_coef * self.sie_embedding[camids].to(tokens.dtype)  # [B, D]
             if self.sie_tokens == "cls":
                 tokens = torch.cat([tokens[:, :1] + camera[:, None], tokens[:, 1:]], dim=1)
             else:
                 tokens = tokens + camera[:, None]
         return tokens + self.position_embedding.weight[None].to(tokens.dtype)
-
-
-@dataclass
-class ImageFeatures:
-    """Vision-tower outputs.
-
-    ``tokens``: last-layer tokens after ``post_layernorm`` ``[B, 1+h*w, vision_width]``
-    (index 0 = CLS, then patches row-major over ``patch_grid``); ``cls`` = ``tokens[:, 0]``;
-    ``proj`` = ``visual_projection(cls)`` ``[B, embed_dim]``, CLIP's image embedding.
-    ``hidden_states`` (only with ``return_hidden=True``): the input to the first
-    layer (after ``pre_layrnorm``) then each layer's output, before ``post_layernorm``
-    (CLIP-ReID's triplet loss uses the penultimate layer's CLS, ``hidden_states[-2][:, 0]``).
-    """
-
-    tokens: torch.Tensor
-    cls: torch.Tensor
-    proj: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-
-    @property
-    def patches(self) -> torch.Tensor:
-        return self.tokens[:, 1:]
 
 
 class ReidCLIP(nn.Module):
@@ -297,7 +269,15 @@ class ReidCLIP(nn.Module):
     temperature's inverse, as in CLIP), ``tokenizer``, ``embed_dim``,
     ``vision_width``, ``text_width``, ``image_size`` (H, W), ``patch_grid`` (h, w),
     ``image_mean`` / ``image_std`` (the pixel normalisation the weights expect).
+    The image side is ``image_modules`` (the SIE table lives in
+    ``vision.embeddings``); ``image_tower()`` returns it as a module of its own.
     """
+
+    kind = "clip"
+    image_modules = ("vision", "visual_projection")
+    # What encode_image reads besides image_modules (an ImageTower carries them too).
+    image_attributes = ("image_size", "patch_grid", "patch_size", "num_cameras", "vision_width", "embed_dim",
+                        "image_mean", "image_std")
 
     def __init__(
         self,
@@ -367,7 +347,8 @@ class ReidCLIP(nn.Module):
         self, pixels: torch.Tensor, camids: torch.Tensor | None = None, return_hidden: bool = False
     ) -> ImageFeatures:
         """``pixels [B,3,H,W]`` normalised with ``image_mean``/``image_std``; ``camids``
-        (0-based) add the SIE camera embedding when the model has one (ignored otherwise)."""
+        (0-based) add the SIE camera embedding when the model has one (ignored otherwise).
+        ``hidden_states[0]`` is the first layer's input, after ``pre_layrnorm``."""
         if pixels.dim() != 4 or tuple(pixels.shape[-2:]) != self.image_size:
             raise ValueError(
                 f"encode_image expects [B,3,{self.image_size[0]},{self.image_size[1]}] pixels "
@@ -384,6 +365,12 @@ class ReidCLIP(nn.Module):
         cls = tokens[:, 0]
         return ImageFeatures(tokens=tokens, cls=cls, proj=self.visual_projection(cls),
                              hidden_states=tuple(states) if states is not None else None)
+
+    def image_tower(self) -> ImageTower:
+        """The image side (``vision`` with its SIE table, ``visual_projection``) as a
+        module sharing this model's parameters; ``copy.deepcopy`` it for a second,
+        independently trained image encoder (see :class:`ImageTower`)."""
+        return ImageTower(self, self.image_modules, self.image_attributes)
 
     # ------------------------------------------------------------- text ---
     def eos_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -410,13 +397,26 @@ class ReidCLIP(nn.Module):
         after it and ``attention_mask`` is only needed to locate EOS in rows that
         lack one.
         """
+        return self.encode_text_tokens(input_ids, attention_mask).proj
+
+    def encode_text_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TextFeatures:
+        """:class:`TextFeatures` of token ids: every position's state after
+        ``final_layer_norm``, and ``proj`` = :meth:`encode_text`. The returned mask
+        is ``attention_mask`` when given, else 1 through each row's EOS."""
         eos_index = self.eos_positions(input_ids, attention_mask)
-        return self.encode_text_embeddings(self.token_embedding(input_ids), eos_index)
+        return self.encode_text_embeddings_tokens(self.token_embedding(input_ids), eos_index, attention_mask)
 
     def encode_text_embeddings(self, token_embeds: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
         """Text tower on token embeddings ``[B, L, text_width]`` (prompt learners
         splice learnable vectors in): positions added, causal attention, final
         layer norm, pooled at ``eos_index [B]``, projected to ``[B, embed_dim]``."""
+        return self.encode_text_embeddings_tokens(token_embeds, eos_index).proj
+
+    def encode_text_embeddings_tokens(self, token_embeds: torch.Tensor, eos_index: torch.Tensor,
+                                      attention_mask: torch.Tensor | None = None) -> TextFeatures:
+        """:meth:`encode_text_embeddings` keeping every position's state
+        (:class:`TextFeatures`). ``attention_mask`` only fills the record (attention
+        is causal either way); default: 1 through ``eos_index``."""
         from transformers.masking_utils import create_causal_mask
 
         batch, length, _ = token_embeds.shape
@@ -426,11 +426,14 @@ class ReidCLIP(nn.Module):
         if eos_index.numel() != batch:
             raise ValueError(f"eos_index has {eos_index.numel()} entries for a batch of {batch}")
         hidden = self.text.embeddings(inputs_embeds=token_embeds)
-        mask = create_causal_mask(config=self.text.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+        mask = create_causal_mask(config=self.text.config, inputs_embeds=hidden, attention_mask=None, cache=None)
         hidden = self.text.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
         hidden = self.text.final_layer_norm(hidden)
         pooled = hidden[torch.arange(batch, device=hidden.device), eos_index]
-        return self.text_projection(pooled)
+        if attention_mask is None:
+            attention_mask = mask_through(eos_index, length)
+        return TextFeatures(tokens=hidden, proj=self.text_projection(pooled), attention_mask=attention_mask,
+                            pool_index=eos_index)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Tokenize with this model's tokenizer and encode (convenience for prompts)."""

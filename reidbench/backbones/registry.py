@@ -1,7 +1,7 @@
 """The registry of backbone kinds (``backbone.kind``).
 
 A kind is a builder ``(preset, pretrained, image_size, num_cameras) -> backbone``;
-every backbone offers the API the methods use (see :class:`reidbench.backbones.clip.ReidCLIP`).
+every backbone offers the API the methods use (listed in :mod:`reidbench.backbones.api`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def build_backbone(kind: str, preset: str, pretrained: str | os.PathLike | None,
     _load_kinds()
     if kind not in _KINDS:
         close = difflib.get_close_matches(kind, _KINDS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"backbone.kind={kind!r} is not a backbone kind{hint} Known: {', '.join(sorted(_KINDS))}")
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ValueError(f"backbone.kind={kind!r} is not a backbone kind{hint} Known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](preset=preset, pretrained=pretrained, image_size=image_size, num_cameras=num_cameras)
 
 
 def _load_kinds() -> None:
-    from . import clip  # noqa: F401  (importing registers the kind)
+    from . import clip, vit_bert  # noqa: F401  (importing registers the kinds)
 
 
 __all__ = ["build_backbone", "list_backbones", "register_backbone"]

@@ -282,7 +282,85 @@ def default_word_tokenizer(context_length: int = 32, cache_dir: str | os.PathLik
     return load_tokenizer(path, context_length)
 
 
+# ------------------------------------------------------ BERT WordPiece ---
+WORDPIECE_VERSION = 1
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4 of the offline vocabulary
+
+
+def wordpiece_vocabulary(texts: Iterable[str]) -> list[str]:
+    """A BERT WordPiece vocabulary (one token per line of ``vocab.txt``) for ``texts``:
+    the special tokens, every word and punctuation mark of ``texts`` as BERT's own
+    normaliser and pre-tokeniser split them (lower-cased), then single characters
+    a-z, 0-9 and their ``##`` continuations, so that a word outside ``texts`` is
+    spelt letter by letter rather than lost to ``[UNK]``."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {piece for text in texts for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    pieces = sorted(words | set(chars)) + [f"##{c}" for c in chars]
+    return [*BERT_SPECIALS, *(p for p in pieces if p not in BERT_SPECIALS)]
+
+
+def bert_tokenizer(hf_tokenizer, context_length: int) -> ClipTokenizer:
+    """Wrap a BERT tokenizer in the common interface: ``[CLS]`` is its BOS and
+    ``[SEP]`` its EOS (BERT's tokenizers name no BOS/EOS of their own)."""
+    if hf_tokenizer.cls_token is None or hf_tokenizer.sep_token is None:
+        raise ValueError(f"tokenizer {type(hf_tokenizer).__name__} has no [CLS]/[SEP] tokens; a BERT text tower needs both")
+    hf_tokenizer.bos_token = hf_tokenizer.cls_token
+    hf_tokenizer.eos_token = hf_tokenizer.sep_token
+    return ClipTokenizer(hf_tokenizer, context_length)
+
+
+def wordpiece_tokenizer(vocabulary: Sequence[str], context_length: int) -> ClipTokenizer:
+    """A lower-casing BERT WordPiece tokenizer over ``vocabulary`` (built offline)."""
+    from transformers import BertTokenizer
+
+    hf = BertTokenizer(vocab={token: i for i, token in enumerate(vocabulary)}, do_lower_case=True,
+                       model_max_length=context_length)
+    return bert_tokenizer(hf, context_length)
+
+
+def has_bert_tokenizer_files(directory: Path) -> bool:
+    return (Path(directory) / "tokenizer.json").is_file() or (Path(directory) / "vocab.txt").is_file()
+
+
+def load_bert_tokenizer(directory: str | os.PathLike, context_length: int) -> ClipTokenizer:
+    """The BERT tokenizer saved in a local Hugging Face directory, never touching the network."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    if not has_bert_tokenizer_files(directory):
+        raise FileNotFoundError(f"no tokenizer in {directory}: expected tokenizer.json or vocab.txt "
+                                f"(with tokenizer_config.json), as BertTokenizer.save_pretrained writes")
+    return bert_tokenizer(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), context_length)
+
+
+def default_wordpiece_tokenizer(context_length: int, cache_dir: str | os.PathLike | None = None) -> ClipTokenizer:
+    """The WordPiece tokenizer of BERT text towers without pretrained weights:
+    vocabulary from :func:`default_tokenizer_corpus` (what the synthetic generator
+    writes), written once to ``<cache>/tokenizers/wordpiece-<key>/vocab.txt``."""
+    recipe = {"version": WORDPIECE_VERSION, "synthetic": synthetic_fingerprint()}
+    final = cache_root(cache_dir) / "tokenizers" / f"wordpiece-{config_key(recipe)}"
+
+    def build(tmp: Path) -> None:
+        vocabulary = wordpiece_vocabulary(default_tokenizer_corpus())
+        (tmp / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+        (tmp / "recipe.json").write_text(json.dumps({**recipe, "tokens": len(vocabulary)}, indent=2, sort_keys=True))
+
+    path, _ = cached_directory(final, build)
+    return wordpiece_tokenizer((path / "vocab.txt").read_text().splitlines(), context_length)
+
+
 __all__ = [
+    "BERT_SPECIALS",
+    "bert_tokenizer",
+    "default_wordpiece_tokenizer",
+    "has_bert_tokenizer_files",
+    "load_bert_tokenizer",
+    "wordpiece_tokenizer",
+    "wordpiece_vocabulary",
     "ClipTokenizer",
     "cache_root",
     "cached_directory",

@@ -16,7 +16,13 @@ def image_side_prefixes(backbone: nn.Module, root: str = "backbone") -> tuple[st
     backbone except the text side (``TEXT_SIDE``): the vision tower, its
     projection and any camera (SIE) embedding, wherever the backbone keeps it.
     Submodules get a trailing dot so ``backbone.text`` never matches
-    ``backbone.text_projection``."""
+    ``backbone.text_projection``. A backbone that names its image side
+    (``image_modules``, as every registered kind does) is taken at its word."""
+    named = getattr(backbone, "image_modules", None)
+    if named is not None:
+        parts = [(name, getattr(backbone, name, None)) for name in named]
+        return tuple(f"{root}.{name}." if isinstance(part, nn.Module) else f"{root}.{name}"
+                     for name, part in parts if part is not None)
     out = []
     for name, _ in backbone.named_parameters():
         top, dot, _rest = name.partition(".")
