@@ -10,6 +10,7 @@ Checkpoints then go through ``ray.train.report`` and come back from
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -137,22 +138,50 @@ def partitions_weights(engine) -> bool:
     return engine is not None and bool(engine.zero_optimization_partition_weights())
 
 
-def _method_prefix(engine, method: torch.nn.Module) -> str:
-    name = next(n for n, m in engine.module.named_modules() if m is method)
-    return f"{name}." if name else ""
+def _module_params(method: torch.nn.Module):
+    """(key prefix, module, its own named parameters) for every module path, shared ones included."""
+    for prefix, module in method.named_modules(remove_duplicate=False):
+        yield (f"{prefix}." if prefix else ""), module, list(module.named_parameters(recurse=False))
+
+
+@contextmanager
+def _all_partitioned(engine):
+    # As DeepSpeed's own consolidation: start from fully partitioned weights, and gather the
+    # persistent (small) parameters back afterwards.
+    engine.optimizer.checkpoint_event_prologue()
+    try:
+        yield
+    finally:
+        engine.optimizer.checkpoint_event_epilogue()
 
 
 def gathered_state_dict(engine, method: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """``method``'s full state dict on CPU under ZeRO-3, gathered one module at a time
-    (DeepSpeed's consolidation, as transformers and accelerate use it): rank 0 gets it,
-    the other ranks ``None``. Every rank must call it."""
+    """``method``'s full state dict on CPU under ZeRO-3, gathered one module at a time so
+    that no rank holds more than one module's full weights: rank 0 gets it, the other
+    ranks ``None``. Every rank must call it. (DeepSpeed's
+    ``_zero3_consolidated_16bit_state_dict`` does the same but broadcasts each module back
+    from rank 0, which fails on 0-d parameters.)"""
+    import deepspeed
     import torch.distributed as dist
 
-    full = engine._zero3_consolidated_16bit_state_dict()
-    if dist.get_rank() != 0:
-        return None
-    prefix = _method_prefix(engine, method)
-    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+    main = dist.get_rank() == 0
+    state: dict[str, torch.Tensor] = {}
+    first_key: dict[int, str] = {}
+    with _all_partitioned(engine):
+        for prefix, module, params in _module_params(method):
+            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None, enabled=bool(params)):
+                if not main:
+                    continue
+                for name, p in params:
+                    if p.ds_id in first_key:  # tied weights stay one tensor
+                        state[prefix + name] = state[first_key[p.ds_id]]
+                    else:
+                        state[prefix + name] = p.detach().cpu().clone()
+                        first_key[p.ds_id] = prefix + name
+                for name, b in module.named_buffers(recurse=False):
+                    if b is not None and name not in module._non_persistent_buffers_set:
+                        state[prefix + name] = b.detach().cpu().clone()
+    return state if main else None
 
 
 def load_gathered_state_dict(engine, method: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
@@ -170,20 +199,42 @@ def load_gathered_state_dict(engine, method: torch.nn.Module, state: dict[str, t
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
             raise RuntimeError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for prefix, module in method.named_modules():
-        prefix = f"{prefix}." if prefix else ""
-        params = list(module.named_parameters(recurse=False))
-        if params:
-            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0):
+    with _all_partitioned(engine), torch.no_grad():
+        for prefix, module, params in _module_params(method):
+            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0, enabled=bool(params)):
                 if main:
-                    with torch.no_grad():
-                        for name, p in params:
-                            p.copy_(state[prefix + name].to(p.device, p.dtype))
-        if main:
-            with torch.no_grad():
-                for name, b in module.named_buffers(recurse=False):
-                    if prefix + name in state:
-                        b.copy_(state[prefix + name].to(b.device, b.dtype))
+                    for name, p in params:
+                        p.copy_(state[prefix + name].to(p.device, p.dtype))
+                    for name, b in module.named_buffers(recurse=False):
+                        if b is not None and prefix + name in state:
+                            b.copy_(state[prefix + name].to(b.device, b.dtype))
+                # DeepSpeed broadcasts the result viewed as bytes, which a 0-d tensor cannot be.
+                for _, p in params:
+                    if p.dim() == 0:
+                        p.data = p.data.reshape(1)
+
+
+@contextmanager
+def gathering_on_access(engine):
+    """Under ZeRO-3, gather a parameter when code reads it outside a forward of the module
+    that owns it (CLIP's position table, a prompt learner's context read by the method), as
+    DeepSpeed does inside the engine's own forward; for calls that bypass the engine
+    (evaluation, ``begin_stage``). Every rank must make the same calls. No-op otherwise."""
+    if not partitions_weights(engine):
+        yield
+        return
+    from deepspeed.runtime.zero.parameter_offload import ZeROOrderedDict, ensure_zero_ordered_dict
+
+    modules = list(engine.module.modules())
+    for module in modules:
+        ensure_zero_ordered_dict(module)
+        module._parameters._in_forward = True
+    try:
+        yield
+    finally:
+        for module in modules:
+            if isinstance(module._parameters, ZeROOrderedDict):
+                module._parameters._in_forward = False
 
 
 def agree(value, engine):

@@ -213,7 +213,8 @@ def prepare(cfg: RunConfig) -> Prepared:
 def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     """Train ``cfg`` from scratch or from the latest checkpoint in ``env.store``; return final metrics."""
     from ..datasets.loader import build_eval_loader, build_train_loader
-    from .distributed import agree, gathered_state_dict, load_gathered_state_dict, partitions_weights
+    from .distributed import (agree, gathered_state_dict, gathering_on_access, load_gathered_state_dict,
+                              partitions_weights)
 
     cfg = settle_device(cfg, env.device.type == "cuda")
     seed_everything(cfg.seed)
@@ -254,7 +255,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
                 ckpt.set_rng_state(state["rng"])
             continue
         set_trainable(method, stage)
-        method.begin_stage(stage, clean_batches)
+        with gathering_on_access(engine):  # the previous stage's ZeRO-3 partitions, if any
+            method.begin_stage(stage, clean_batches)
         if engine is not None:  # the previous stage's hooks (ZeRO-3's gathers among them) would fire too
             engine.destroy()
         step_module, optimizer, engine = wrap_for_training(method, stage, cfg, env)
@@ -278,8 +280,9 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             sharded = partitions_weights(engine)
             if is_last and prep.val_query and (env.is_main or sharded):
                 t_val = time.perf_counter()
-                val = evaluate_retrieval(method, prep.val_query, prep.val_gallery, "standard", cfg,
-                                         prep.image_size, env.device).summary()
+                with gathering_on_access(engine):
+                    val = evaluate_retrieval(method, prep.val_query, prep.val_gallery, "standard", cfg,
+                                             prep.image_size, env.device).summary()
                 metrics.update({f"val/{k}": v for k, v in val.items()})
                 metrics["val_seconds"] = time.perf_counter() - t_val
                 candidate = agree({"score": val["mAP"], "stage": stage_index, "epoch": epoch}, engine)
@@ -319,7 +322,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             else:
                 ckpt.load_weights(method, best_path)
         t_test = time.perf_counter()
-        results = evaluate_test(method, prep, cfg, env.device)
+        with gathering_on_access(engine):
+            results = evaluate_test(method, prep, cfg, env.device)
     if env.is_main:
         final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
