@@ -71,6 +71,10 @@ class DistConfig:
     # worker group: the Ray cluster has GPUs). true without a device is an error.
     use_gpu: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.zero3_persistence < 0:
+            raise ValueError(f"dist.zero3_persistence must be >= 0 (elements), got {self.zero3_persistence}")
+
 
 @dataclass
 class TrackingConfig:
