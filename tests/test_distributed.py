@@ -112,13 +112,14 @@ def test_zero3_ends_where_zero2_does_and_resumes_exactly(tmp_path, market_root, 
     # Adam steps of up to lr (1e-4) on rounding noise, differently in each run: hence atol 1e-3
     # element-wise. Measured: the whole update differs by 0.3%; stale or ungathered weights
     # would differ by 100% of it.
-    seed_everything(whole.seed)
-    initial = prepare(whole).method.state_dict()
-    keys = [k for k in weights if weights[k].is_floating_point()]
-    gap = torch.cat([(weights[k] - zero2_weights[k]).flatten() for k in keys]).norm()
-    update = torch.cat([(zero2_weights[k] - initial[k]).flatten() for k in keys]).norm()
+    seed_everything(whole.seed)  # as fit does: the weights both runs started from
+    method = prepare(whole).method
+    initial = method.state_dict()
+    names = [name for name, _ in method.named_parameters()]  # buffers (BN statistics) move far more
+    gap = torch.cat([(weights[k] - zero2_weights[k]).flatten() for k in names]).norm()
+    update = torch.cat([(zero2_weights[k] - initial[k]).flatten() for k in names]).norm()
     assert gap < 0.01 * update, (float(gap), float(update))
-    for key in keys:
+    for key in (k for k in weights if weights[k].is_floating_point()):
         np.testing.assert_allclose(weights[key].numpy(), zero2_weights[key].numpy(), rtol=1e-3, atol=1e-3,
                                    err_msg=key)
     test_keys = sorted(k for k in zero2_metrics if k.startswith("test/"))
