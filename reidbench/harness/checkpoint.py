@@ -25,14 +25,19 @@ STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.yaml"
 
 
-def save_weights(module: nn.Module, path: str | Path) -> None:
+def save_weights(weights: nn.Module | dict[str, torch.Tensor], path: str | Path) -> None:
+    """A module's state dict, or an already gathered one (ZeRO-3), as safetensors."""
+    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
     # clone() breaks storage sharing (tied weights), which safetensors refuses.
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    save_file(state, str(path))
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(path))
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
-    state = load_file(str(path))
+    state = read_weights(path)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -54,14 +59,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_to_tuple(state["python"]))
 
 
-def write_checkpoint(folder: str | Path, module: nn.Module, train_state: dict, config: dict) -> Path:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+def write_checkpoint(folder: str | Path, weights: nn.Module | dict[str, torch.Tensor], train_state: dict,
+                     config: dict) -> Path:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact. ``weights``
+    is the module or its full state dict (gathered from ZeRO-3 partitions)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_weights(module, tmp / MODEL_FILE)
+    save_weights(weights, tmp / MODEL_FILE)
     torch.save(train_state, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=True))
     if folder.exists():

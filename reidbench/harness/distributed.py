@@ -10,6 +10,7 @@ Checkpoints then go through ``ray.train.report`` and come back from
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -66,7 +67,11 @@ def deepspeed_config(cfg: RunConfig, stage) -> dict:
     """DeepSpeed config generated from the harness config.
 
     ``torch_adam`` avoids a minute of fused-Adam compilation on CPU; bf16 when AMP is on
-    (fp16 needs loss scaling and is not offered on CPU).
+    (fp16 needs loss scaling and is not offered on CPU). The optimizer's ``lr`` and
+    ``weight_decay`` here are only defaults: every group ``param_groups`` builds sets its
+    own. Under ZeRO-3, parameters of at most ``dist.zero3_persistence`` elements stay
+    whole on every rank (DeepSpeed's ``stage3_param_persistence_threshold``); 0-d ones
+    always do (see ``deepspeed_engine``).
     """
     opt_type = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}[stage.optimizer]
     params = {"lr": stage.lr, "weight_decay": stage.weight_decay}
@@ -75,36 +80,173 @@ def deepspeed_config(cfg: RunConfig, stage) -> dict:
         params["adam_w_mode"] = stage.optimizer == "adamw"
     else:
         params["momentum"] = 0.9
+    zero: dict = {"stage": cfg.dist.zero_stage}
+    if cfg.dist.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = max(1, cfg.dist.zero3_persistence)
     return {
         "train_micro_batch_size_per_gpu": (cfg.data.p // cfg.dist.workers) * cfg.data.k,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
         "gradient_clipping": cfg.optim.grad_clip or 0.0,
         "optimizer": {"type": opt_type, "params": params},
-        "zero_optimization": {"stage": cfg.dist.zero_stage},
+        "zero_optimization": zero,
         "bf16": {"enabled": cfg.optim.amp},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
-def deepspeed_engine(step_module, stage, cfg: RunConfig):
+def deepspeed_engine(step_module, groups: list[dict], stage, cfg: RunConfig):
+    """A DeepSpeed engine over ``step_module`` whose optimizer holds exactly ``groups``
+    (``optim.param_groups``): the same lrs, ``base_lr`` and weight decays as the plain
+    optimizer and DDP, in the same order, under ZeRO 1, 2 and 3."""
     import deepspeed
 
-    if cfg.dist.zero_stage == 3:
-        raise ValueError("dist.zero_stage=3 partitions the parameters, and the harness evaluates and checkpoints "
-                         "full weights on rank 0; use zero_stage 1 or 2")
     # DeepSpeed broadcasts every parameter viewed as bytes, which fails on 0-d tensors (CLIP's
     # logit_scale). Those are identical on every rank already (same seed, same weights), so they
-    # are marked as not to be broadcast (the attribute DeepSpeed itself checks).
+    # are marked as not to be broadcast (the attribute DeepSpeed itself checks). ZeRO-3 broadcasts
+    # them once more when it partitions them: there they are 1-element vectors while DeepSpeed
+    # converts them, and 0-d again (data and the shape DeepSpeed gathers into) afterwards. They stay
+    # whole on every rank (persistence threshold >= 1): methods read them outside any forward of
+    # their owner module, where ZeRO-3 would hand out an empty partition.
+    scalars = []
     for p in step_module.parameters():
         if p.dim() == 0:
             p.ds_optim_param = True
-    trainable = [p for p in step_module.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=step_module, model_parameters=trainable,
-                                           config=deepspeed_config(cfg, stage))
-    for group in engine.optimizer.param_groups:
-        group.setdefault("base_lr", stage.lr)
+            if cfg.dist.zero_stage == 3 and not hasattr(p, "ds_id"):
+                p.data = p.data.reshape(1)
+                scalars.append(p)
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=step_module, model_parameters=groups,
+                                               config=deepspeed_config(cfg, stage))
+    finally:
+        for p in scalars:
+            if hasattr(p, "ds_shape"):
+                p.ds_shape = torch.Size([])
+            if p.numel() == 1:
+                p.data = p.data.reshape(())
+    built = [(g["lr"], g["base_lr"], g["weight_decay"]) for g in groups]
+    got = [(g.get("lr"), g.get("base_lr"), g.get("weight_decay")) for g in engine.optimizer.param_groups]
+    if got != built:  # a DeepSpeed release that rebuilt the groups would silently change every lr
+        raise RuntimeError(f"DeepSpeed's optimizer groups (lr, base_lr, weight_decay) {got} differ from the "
+                           f"stage's {built}")
     return engine
+
+
+def partitions_weights(engine) -> bool:
+    """Whether ``engine`` shards the parameters themselves (ZeRO-3): then every read of the
+    full weights (a forward, a state dict) is a collective that all ranks enter together."""
+    return engine is not None and bool(engine.zero_optimization_partition_weights())
+
+
+def _module_params(method: torch.nn.Module):
+    """(key prefix, module, its own named parameters) for every module path, shared ones included."""
+    for prefix, module in method.named_modules(remove_duplicate=False):
+        yield (f"{prefix}." if prefix else ""), module, list(module.named_parameters(recurse=False))
+
+
+@contextmanager
+def _all_partitioned(engine):
+    # As DeepSpeed's own consolidation: start from fully partitioned weights, and gather the
+    # persistent (small) parameters back afterwards.
+    engine.optimizer.checkpoint_event_prologue()
+    try:
+        yield
+    finally:
+        engine.optimizer.checkpoint_event_epilogue()
+
+
+def gathered_state_dict(engine, method: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """``method``'s full state dict on CPU under ZeRO-3, gathered one module at a time so
+    that no rank holds more than one module's full weights: rank 0 gets it, the other
+    ranks ``None``. Every rank must call it. (DeepSpeed's
+    ``_zero3_consolidated_16bit_state_dict`` does the same but broadcasts each module back
+    from rank 0, which fails on 0-d parameters.)"""
+    import deepspeed
+    import torch.distributed as dist
+
+    main = dist.get_rank() == 0
+    state: dict[str, torch.Tensor] = {}
+    first_key: dict[int, str] = {}
+    with _all_partitioned(engine):
+        for prefix, module, params in _module_params(method):
+            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None, enabled=bool(params)):
+                if not main:
+                    continue
+                for name, p in params:
+                    if p.ds_id in first_key:  # tied weights stay one tensor
+                        state[prefix + name] = state[first_key[p.ds_id]]
+                    else:
+                        state[prefix + name] = p.detach().cpu().clone()
+                        first_key[p.ds_id] = prefix + name
+                for name, b in module.named_buffers(recurse=False):
+                    if b is not None and name not in module._non_persistent_buffers_set:
+                        state[prefix + name] = b.detach().cpu().clone()
+    return state if main else None
+
+
+def load_gathered_state_dict(engine, method: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Rank 0's ``state`` (a full state dict; ``None`` elsewhere) becomes ``method``'s
+    weights on every rank under ZeRO-3: each module's parameters are gathered, rank 0
+    overwrites them, DeepSpeed broadcasts and re-partitions them. Buffers are copied on
+    rank 0 only (the rank whose features are scored). Only for evaluation after the
+    last step: the optimizer's fp32 master partitions keep the trained values."""
+    import deepspeed
+    import torch.distributed as dist
+
+    main = dist.get_rank() == 0
+    if main:
+        expected = set(method.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise RuntimeError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with _all_partitioned(engine), torch.no_grad():
+        for prefix, module, params in _module_params(method):
+            with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0, enabled=bool(params)):
+                if main:
+                    for name, p in params:
+                        p.copy_(state[prefix + name].to(p.device, p.dtype))
+                    for name, b in module.named_buffers(recurse=False):
+                        if b is not None and prefix + name in state:
+                            b.copy_(state[prefix + name].to(b.device, b.dtype))
+                # DeepSpeed broadcasts the result viewed as bytes, which a 0-d tensor cannot be.
+                for _, p in params:
+                    if p.dim() == 0:
+                        p.data = p.data.reshape(1)
+
+
+@contextmanager
+def gathering_on_access(engine):
+    """Under ZeRO-3, gather a parameter when code reads it outside a forward of the module
+    that owns it (CLIP's position table, a prompt learner's context read by the method), as
+    DeepSpeed does inside the engine's own forward; for calls that bypass the engine
+    (evaluation, ``begin_stage``). Every rank must make the same calls. No-op otherwise."""
+    if not partitions_weights(engine):
+        yield
+        return
+    from deepspeed.runtime.zero.parameter_offload import ZeROOrderedDict, ensure_zero_ordered_dict
+
+    modules = list(engine.module.modules())
+    for module in modules:
+        ensure_zero_ordered_dict(module)
+        module._parameters._in_forward = True
+    try:
+        yield
+    finally:
+        for module in modules:
+            if isinstance(module._parameters, ZeROOrderedDict):
+                module._parameters._in_forward = False
+
+
+def agree(value, engine):
+    """Rank 0's ``value`` on every rank when ``engine`` partitions the weights (all ranks
+    then evaluate together and must take the same branches); ``value`` otherwise."""
+    if not partitions_weights(engine):
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _worker_loop(config: dict) -> None:

@@ -67,9 +67,16 @@ class DistConfig:
     workers: int = 1
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: Literal[1, 2, 3] = 2
+    # ZeRO-3: parameters of at most this many elements stay whole on every rank instead of being
+    # partitioned (DeepSpeed's stage3_param_persistence_threshold; 0-d ones always stay whole).
+    zero3_persistence: int = 100_000
     # None: CUDA where there is one (an in-process run: this process sees a device; a Ray
     # worker group: the Ray cluster has GPUs). true without a device is an error.
     use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.zero3_persistence < 0:
+            raise ValueError(f"dist.zero3_persistence must be >= 0 (elements), got {self.zero3_persistence}")
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch import nn
 from ..datasets import ReidDataset, Sample, build_dataset
 from ..methods import LOGGED, DataSpec, Method, Stage, get_method, list_methods
 from . import checkpoint as ckpt
-from .optim import build_optimizer, lr_factor, scale_schedule, set_lr, set_trainable, stage_epochs
+from .optim import build_optimizer, lr_factor, param_groups, scale_schedule, set_lr, set_trainable, stage_epochs
 from .validation import SELECTION_METRIC, Validation, plan_validation
 from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
 from .requirements import check_requirements, required_text_kinds
@@ -248,6 +248,8 @@ def prepare(cfg: RunConfig) -> Prepared:
 def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     """Train ``cfg`` from scratch or from the latest checkpoint in ``env.store``; return final metrics."""
     from ..datasets.loader import build_eval_loader, build_train_loader
+    from .distributed import (agree, gathered_state_dict, gathering_on_access, load_gathered_state_dict,
+                              partitions_weights)
 
     cfg = settle_device(cfg, env.device.type == "cuda")
     seed_everything(cfg.seed)
@@ -281,6 +283,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
                                        with_masks=method.reads_label_maps(), text_kinds=text_kinds):
             yield to_device(batch, env.device)
 
+    engine = None
     for stage_index in range(state["stage_index"], len(stages)):
         stage = scale_schedule(stages[stage_index], cfg.optim.epochs_scale)
         epochs = stage.epochs
@@ -292,7 +295,10 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
                 ckpt.set_rng_state(state["rng"])
             continue
         set_trainable(method, stage)
-        method.begin_stage(stage, clean_batches)
+        with gathering_on_access(engine):  # the previous stage's ZeRO-3 partitions, if any
+            method.begin_stage(stage, clean_batches)
+        if engine is not None:  # the previous stage's hooks (ZeRO-3's gathers among them) would fire too
+            engine.destroy()
         step_module, optimizer, engine = wrap_for_training(method, stage, cfg, env)
         if resuming_here:
             if engine is not None:
@@ -309,16 +315,23 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env)
             metrics = {f"train/{k}": v for k, v in sums.items()}
             metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})
-            if is_last and validation.enabled and env.is_main:
+            # ZeRO-3: every rank evaluates, since each forward gathers weights collectively; rank 0's
+            # scores decide.
+            sharded = partitions_weights(engine)
+            if is_last and validation.enabled and (env.is_main or sharded):
                 t_val = time.perf_counter()
-                val = evaluate_retrieval(method, validation.query, validation.gallery, validation.protocol, cfg,
-                                         prep.image_size, env.device).summary()
+                with gathering_on_access(engine):
+                    val = evaluate_retrieval(method, validation.query, validation.gallery, validation.protocol, cfg,
+                                             prep.image_size, env.device).summary()
                 metrics.update({f"val/{k}": v for k, v in val.items()})
                 metrics["val_seconds"] = time.perf_counter() - t_val
-                if val[SELECTION_METRIC] > state["best"]["score"]:
-                    state["best"] = {"score": val[SELECTION_METRIC], "stage": stage_index, "epoch": epoch}
-                    best_path.parent.mkdir(parents=True, exist_ok=True)
-                    ckpt.save_weights(method, best_path)
+                candidate = agree({"score": val[SELECTION_METRIC], "stage": stage_index, "epoch": epoch}, engine)
+                if candidate["score"] > state["best"]["score"]:
+                    state["best"] = candidate
+                    best = gathered_state_dict(engine, method) if sharded else method
+                    if env.is_main:
+                        best_path.parent.mkdir(parents=True, exist_ok=True)
+                        ckpt.save_weights(best, best_path)
             step = stage_step_offset(stages, cfg, stage_index) + epoch
             if env.tracker is not None:
                 env.tracker.log_metrics(metrics, step=step)
@@ -326,9 +339,10 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             if engine is None:
                 state["optimizer"] = optimizer.state_dict()
 
-            def write(folder: Path) -> None:
+            def write(folder: Path) -> None:  # called on every rank
+                weights = gathered_state_dict(engine, method) if partitions_weights(engine) else method
                 if env.is_main:
-                    ckpt.write_checkpoint(folder, method, state, config_dict)
+                    ckpt.write_checkpoint(folder, weights, state, config_dict)
                 if engine is not None:  # every rank saves its ZeRO shard
                     engine.save_checkpoint(str(folder / DEEPSPEED_DIR))
 
@@ -339,11 +353,18 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             final_metrics = metrics
         state.pop("optimizer", None)
 
-    if env.is_main:
-        if best_path.exists() and state["best"]["epoch"] >= 0:
-            ckpt.load_weights(method, best_path)
+    sharded = partitions_weights(engine)
+    if sharded or env.is_main:
+        # The best weights are on rank 0's disk; under ZeRO-3 rank 0 scatters them into the partitions.
+        if agree(best_path.exists() and state["best"]["epoch"] >= 0, engine):
+            if sharded:
+                load_gathered_state_dict(engine, method, ckpt.read_weights(best_path) if env.is_main else None)
+            else:
+                ckpt.load_weights(method, best_path)
         t_test = time.perf_counter()
-        results = evaluate_test(method, prep, cfg, env.device)
+        with gathering_on_access(engine):
+            results = evaluate_test(method, prep, cfg, env.device)
+    if env.is_main:
         final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
@@ -374,7 +395,8 @@ def summarize_results(results: dict[str, Any]) -> dict[str, float]:
 
 
 def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerEnv):
-    """Return (callable step module, optimizer, deepspeed engine or None)."""
+    """Return (callable step module, optimizer, deepspeed engine or None). The plain
+    optimizer, DDP's and DeepSpeed's all hold ``optim.param_groups(method, stage)``."""
     if env.world_size > 1 and cfg.dist.strategy == "deepspeed":
         from .distributed import deepspeed_engine
 
@@ -382,7 +404,7 @@ def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerE
             raise ValueError(f"optim.compile={cfg.optim.compile} is not applied under dist.strategy=deepspeed; "
                              "set optim.compile=eager or use dist.strategy=ddp")
 
-        engine = deepspeed_engine(_StepModule(method), stage, cfg)
+        engine = deepspeed_engine(_StepModule(method), param_groups(method, stage), stage, cfg)
         return engine, engine.optimizer, engine
     optimizer = build_optimizer(method, stage)
     module: nn.Module = _StepModule(method)

@@ -69,7 +69,13 @@ class Stage:
 
     ``trainable`` lists parameter-name prefixes (of the method module) that train in
     this stage; every other parameter is frozen. ``("",)`` trains everything.
-    ``param_groups`` maps a prefix to an lr multiplier (e.g. new modules at 10x).
+    ``param_groups`` maps a prefix to an lr multiplier, and optionally a weight decay of
+    its own: ``(prefix, lr_mult)`` or ``(prefix, lr_mult, weight_decay)`` (e.g. new
+    modules at 10x); the first matching prefix wins, the rest train at ``lr`` with
+    ``weight_decay``. ``no_decay_1d`` exempts every parameter with at most one dimension
+    (biases, norm scales, CLIP's logit scale) from weight decay, as CLIP and timm do.
+    The harness turns these into the same optimizer groups for a single process, DDP
+    and DeepSpeed (``harness.optim.param_groups``).
     """
 
     name: str
@@ -83,7 +89,8 @@ class Stage:
     warmup_factor: float = 0.1
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
-    param_groups: tuple[tuple[str, float], ...] = ()
+    param_groups: tuple[tuple[str, float] | tuple[str, float, float], ...] = ()
+    no_decay_1d: bool = False
     loss_weights: tuple[tuple[str, float], ...] = ()  # weight per loss-term name; unnamed terms weigh 1
     batches_per_epoch: int | None = None  # None: one pass of the sampler
 
