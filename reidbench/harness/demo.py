@@ -1,4 +1,4 @@
-"""``reidbench demo``: the embedded default benchmark (DESIGN.md).
+"""``reidbench demo``: the embedded default benchmark (docs/design.md).
 
 Synthesizes the benchmarks and pretrains the tiny CLIP (both cached), then trains
 and evaluates every registered method on every synthetic benchmark of its task with

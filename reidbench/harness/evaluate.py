@@ -1,6 +1,6 @@
 """The evaluation engine: CMC, mAP and mINP under every ReID protocol, streamed.
 
-Definitions (DESIGN.md, "Evaluation"): they are torchreid's ``eval_market1501``
+Definitions (docs/design.md, "Evaluation"): they are torchreid's ``eval_market1501``
 for ``standard``, CAL's ``evaluate_with_clothes`` for ``cc`` / ``same_clothes`` and
 IRRA's ``rank`` for text-to-image, so a number from here equals theirs on the same
 features. Per query, the gallery is ranked by distance (smaller is closer) and

@@ -34,7 +34,9 @@ class DataConfig:
     k: int = 4  # images per identity
     num_workers: int | None = None  # DataLoader workers; None: trainer.loader_workers decides
     eval_batch_size: int = 128
-    val_fraction: float = 0.1  # training identities held out for model selection (never the test split)
+    # > 0: validate on the official val split where the dataset has one, else hold out this
+    # fraction of the training identities; 0: no validation, keep the last epoch (validation.py)
+    val_fraction: float = 0.1
     # Texts files merged over the dataset's own texts, "a.jsonl" or "a.jsonl,b.jsonl" (later win;
     # reidbench.datasets.texts has the schema and merge rule). The dataset folder is never written.
     texts: str | None = None
@@ -115,7 +117,7 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        """``method/ablation/dataset/seed`` (DESIGN.md tracking conventions)."""
+        """``method/ablation/dataset/seed`` (docs/design.md, "Tracking conventions")."""
         return f"{self.method}/{self.tracking.ablation}/{self.data.dataset}/{self.seed}"
 
 

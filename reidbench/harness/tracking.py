@@ -1,4 +1,4 @@
-"""MLflow conventions (DESIGN.md, "Tracking conventions").
+"""MLflow conventions (docs/design.md, "Tracking conventions").
 
 One run per (method, ablation, dataset, seed) in an experiment, named
 ``method/ablation/dataset/seed`` and tagged with those four plus ``sweep`` and the git

@@ -1,4 +1,4 @@
-"""One training loop for every method (DESIGN.md: config -> dataset -> samples -> sampler
+"""One training loop for every method (docs/design.md: config -> dataset -> samples -> sampler
 + transforms -> method -> trainer -> evaluation -> MLflow).
 
 The loop knows nothing about which method it runs: it asks the method for its

@@ -4,7 +4,7 @@ Each trial is a *function* trainable (Ray 2.60 / Train V2 rejects a TorchTrainer
 passed to ``Tuner``) that calls ``train_run``: one worker trains in-process (no
 worker-group start-up), more workers build a ``TorchTrainer`` inside the trial with
 ``TuneReportCallback``. Every trial logs to the sweep's MLflow experiment, created
-before the trials start, under DESIGN.md's names and tags.
+before the trials start, under docs/design.md's names and tags.
 
 Resumability: the Tune experiment lives at ``<output_dir>/tune/<experiment>`` (no
 timestamps). ``--resume`` restores it with ``Tuner.restore``: finished trials are not

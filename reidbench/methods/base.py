@@ -1,4 +1,4 @@
-"""The method interface (DESIGN.md, "Contracts") and the method registry.
+"""The method interface (docs/design.md, "Contracts") and the method registry.
 
 A method is a ``torch.nn.Module`` with a typed config dataclass. It never opens
 files, parses configs, logs or talks to Ray: the harness hands it a backbone,
