@@ -35,6 +35,28 @@ import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class TowerPreset:
+    """The architecture every backbone kind's preset names: an image tower (ViT
+    ``vision_*``, ``patch_size``, default person crop ``image_size`` (H, W)), a text
+    tower (``text_*``, tokenizer ``context_length``), the joint space's ``embed_dim``
+    and the vocabulary size (None: the tokenizer's). Kinds add their own fields."""
+
+    name: str
+    description: str
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    patch_size: int
+    image_size: tuple[int, int]
+    text_width: int
+    text_layers: int
+    text_heads: int
+    context_length: int
+    embed_dim: int
+    vocab_size: int | None
+
+
 @dataclass
 class ImageFeatures:
     """Vision-tower outputs.

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .api import ImageFeatures, ImageTower, TextFeatures, check_camids, mask_through
+from .api import ImageFeatures, ImageTower, TextFeatures, TowerPreset, check_camids, mask_through
 from .registry import register_backbone
 from .tokenizer import ClipTokenizer, default_word_tokenizer, has_tokenizer_files, load_tokenizer
 
@@ -73,24 +73,11 @@ class PretrainedCLIPNotFound(FileNotFoundError):
 
 # --------------------------------------------------------------- presets ---
 @dataclass(frozen=True)
-class ClipPreset:
+class ClipPreset(TowerPreset):
     """Architecture of a named CLIP. ``image_size`` is the person-crop input (H, W);
     ``pretrain_size`` is the square resolution the public weights were trained at
     (``None``: the table is trained at the person grid directly)."""
 
-    name: str
-    description: str
-    vision_width: int
-    vision_layers: int
-    vision_heads: int
-    patch_size: int
-    image_size: tuple[int, int]
-    text_width: int
-    text_layers: int
-    text_heads: int
-    context_length: int
-    embed_dim: int
-    vocab_size: int | None  # None: the tokenizer's vocabulary size
     pretrain_size: int | None = None
     mlp_ratio: int = 4
     hidden_act: str = "quick_gelu"

@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .api import CameraEmbedding, ImageFeatures, ImageTower, TextFeatures, mask_through
+from .api import CameraEmbedding, ImageFeatures, ImageTower, TextFeatures, TowerPreset, mask_through
 from .clip import WEIGHT_FILES, interpolate_pos_embedding
 from .registry import register_backbone
 from .tokenizer import ClipTokenizer, default_wordpiece_tokenizer, has_bert_tokenizer_files, load_bert_tokenizer
@@ -76,24 +76,11 @@ class PretrainedViTBertNotFound(FileNotFoundError):
 
 
 @dataclass(frozen=True)
-class ViTBertPreset:
+class ViTBertPreset(TowerPreset):
     """Architecture of a named ViT + BERT pair. ``image_size`` is the default person
     crop (H, W); ``context_length`` the tokenizer's padded length."""
 
-    name: str
-    description: str
-    vision_width: int
-    vision_layers: int
-    vision_heads: int
-    patch_size: int
-    image_size: tuple[int, int]
-    text_width: int
-    text_layers: int
-    text_heads: int
-    text_positions: int  # BERT's max_position_embeddings
-    context_length: int
-    embed_dim: int
-    vocab_size: int | None  # None: the tokenizer's size
+    text_positions: int = 512  # BERT's max_position_embeddings
     dropout: float = 0.1  # BERT's hidden and attention dropout (bert-base-uncased: 0.1)
 
     def vit_config(self, image_size: tuple[int, int]):
