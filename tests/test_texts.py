@@ -284,3 +284,24 @@ def test_prepare_refuses_a_training_split_without_the_required_texts_and_fit_fee
     names = MARKET["bounding_box_train"]
     assert read <= {"meta id", *(f"id of {n}" for n in names[1:]), *(f"id: {n}" for n in names[1:])}
     assert "meta id" in read and read & {f"id of {names[2]}", f"id: {names[2]}"}
+
+
+def test_train_with_a_bad_texts_file_exits_2_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """The texts file is read, and the requirements checked, before a run folder or an MLflow
+    run exists (an earlier run of the same name is left alone)."""
+    from reidbench.cli import main
+
+    monkeypatch.setenv("REIDBENCH_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "texts.jsonl"
+    bad.write_text('{"path": "imgs/nope.jpg", "caption": "a person"}\n')
+    out = tmp_path / "runs"
+    earlier = out / "t2i_baseline" / "default" / "synthetic_pedes" / "0" / "best.safetensors"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's weights")
+    code = main(["train", "--method", "t2i_baseline", "--dataset", "synthetic_pedes", "--output-dir", str(out),
+                 "data.synthetic.ids=12", "backbone.pretrained=null", f"data.texts={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{bad}, line 1" in err and "imgs/nope.jpg" in err
+    assert sorted(p.name for p in out.iterdir()) == ["t2i_baseline"], "no MLflow store was created"
+    assert earlier.read_bytes() == b"an earlier run's weights"

@@ -16,7 +16,7 @@ from . import checkpoint as ckpt
 from .distributed import LocalStore, launch_ray, latest_ray_checkpoint, ray_run_name
 from .run_config import RunConfig, resolved_dict
 from .tracking import MlflowTracker, close_run, open_run
-from .trainer import WorkerEnv, check_run, fit, local_device, settle_device
+from .trainer import WorkerEnv, fit, local_device, prepare_data, settle_device
 
 # Keys that may change between a run and its resumption without changing its result.
 RESUME_FREE_KEYS = ("data.num_workers", "data.eval_batch_size", "tracking.tracking_uri", "dist.use_gpu",
@@ -77,7 +77,8 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
     """Train and evaluate one run; return its final metrics (``test/<protocol>/<metric>`` among
     them) and ``run_id``. ``on_epoch`` sees each epoch's metrics (in-process runs); inside a
     Tune trial (``in_tune``) a worker group reports to Tune through ``TuneReportCallback``."""
-    check_run(cfg)  # a method/dataset mismatch stops here: no folder removed, no MLflow run
+    # Bad data (a task mismatch, a texts file, a missing requirement) stops here: nothing removed, no MLflow run.
+    prepare_data(cfg)
     cfg = resolve_device(cfg)
     resolved = resolved_dict(cfg)
     existing = latest_checkpoint(cfg)

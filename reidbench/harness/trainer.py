@@ -223,19 +223,26 @@ def check_run(cfg: RunConfig, task: str | None = None) -> None:
         raise ValueError(f"dataset {cfg.data.dataset!r}: {RERANK_T2I}")
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Check the run (:func:`check_run`, before the dataset is read or generated), read the
-    data, choose what validates the model (:func:`validation.plan_validation`: the
-    dataset's headline protocol, its official val split or held-out identities) and build
-    the method."""
-    from ..backbones import build_backbone
-
+def prepare_data(cfg: RunConfig) -> tuple[ReidDataset, list[Sample], Validation]:
+    """Everything a run checks of its data before a model exists: :func:`check_run`
+    (before the dataset is read or generated), the dataset with its texts files, what
+    validates the model (:func:`validation.plan_validation`: the dataset's headline
+    protocol, its official val split or held-out identities) and what the method
+    ``requires`` of the training split. Returns (dataset, training samples, validation)."""
     check_run(cfg)
-    method_cls = get_method(cfg.method)
     dataset = load_dataset(cfg)
     check_run(cfg, dataset.task)
     train, validation = plan_validation(dataset, cfg.data.val_fraction, cfg.seed)
-    check_requirements(train, method_cls.requires, cfg.method, root=dataset.root)
+    check_requirements(train, get_method(cfg.method).requires, cfg.method, root=dataset.root)
+    return dataset, train, validation
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """:func:`prepare_data`, then the backbone and the method built for the training split."""
+    from ..backbones import build_backbone
+
+    dataset, train, validation = prepare_data(cfg)
+    method_cls = get_method(cfg.method)
     num_cameras = max(s.camid for s in dataset.splits["train"]) + 1
     spec = DataSpec(num_classes=len({s.pid for s in train}), num_cameras=num_cameras,
                     num_clothes=len({s.clothes_id for s in train if s.clothes_id is not None}), task=dataset.task)
