@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fakes import FakeCLIP, requirement_batch
+from test_method_contract import check_stage, eval_batch
+
 from reidbench.config import from_dict
 from reidbench.harness.optim import lr_factor, param_groups, set_trainable
 from reidbench.methods import LOGGED, DataSpec, get_method
 from reidbench.methods.clip_scgi import ClipScgiConfig, reweigh
-from test_method_contract import check_stage, eval_batch
 
 NUM_CLASSES = 4
 
@@ -211,3 +211,22 @@ def test_l_con_is_logged_by_direction_and_summed():
     terms = method.training_step(train_batch(), method.stages()[0])
     logged = terms[LOGGED]
     assert torch.allclose(terms["con"], logged["i2t"] + logged["t2i"])
+
+
+def test_the_sweep_rows_carry_the_published_ablation_names():
+    """The leaderboard sets the paper's Table III/IV numbers beside rows of the same name."""
+    import argparse
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("ablation_clip_scgi", repo / "sweeps" / "ablation_clip_scgi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(repo / "reidbench" / "data" / "published.csv") as f:
+        published = {r["ablation"] for r in csv.DictReader(f) if r["method"] == "clip_scgi"} - {"rn50"}
+    for smoke in (True, False):
+        rows = {t.ablation for t in module.trials(argparse.Namespace(smoke=smoke))}
+        assert published <= rows, sorted(published - rows)
+        assert "fixed_caption" in rows

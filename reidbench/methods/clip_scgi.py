@@ -61,7 +61,11 @@ Recipe (Sec. IV-A, ViT): one stage, Adam, lr 5e-6 for CLIP and 5e-5 for the new
 modules (``new_module_lr_mult`` 10), 10 linear warm-up epochs from 5e-7, 60 epochs,
 x0.1 at 20 and 40; P16 x K4 is the run preset's. Silent there, taken from CLIP-ReID's
 code the paper builds on: weight decay 1e-4, triplet margin 0.3, SIE when the backbone
-has it. CLIP's ``logit_scale`` is not used and stays frozen.
+has it. Every backbone parameter trains (the image and the text tower: the paper gives
+one lr "for CLIP"), except CLIP's ``logit_scale``, which the method does not use. With
+``cff_kv="cls"`` CFF's query LayerNorm stays frozen at its identity init: over one key
+the attention weights are all 1, so it cannot change the output and gets no gradient.
+The K queries start as N(0, 0.02^2); f_Mg / f_Ml use ReLU (the paper names neither).
 """
 
 from __future__ import annotations
@@ -70,11 +74,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import LOGGED, DataSpec, Method, Stage, register_method
-from .components import BNNeck, CrossEntropyLabelSmooth, PresetConfig, TripletLoss, encode_images, i2t_t2i_losses
+from .components import (
+    BNNeck,
+    CrossEntropyLabelSmooth,
+    PresetConfig,
+    TripletLoss,
+    encode_images,
+    i2t_t2i_losses,
+)
 from .layers import CrossAttentionBlock
 
 TRAIN_STAGE = "train"
