@@ -59,7 +59,7 @@ def test_registry_lists_both_methods():
     names = list_methods()
     assert {"clip_reid", "baseline"} <= set(names)
     assert get_method("clip_reid") is ClipReid and get_method("baseline") is Baseline
-    assert list_methods("clip*") == ["clip_reid"]
+    assert list_methods("clip*") == ["clip_reid", "clip_scgi"]
     with pytest.raises(KeyError, match="did you mean 'clip_reid'"):
         get_method("clipreid")
 
