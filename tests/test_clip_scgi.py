@@ -221,7 +221,7 @@ def test_the_sweep_rows_carry_the_published_ablation_names():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("ablation_clip_scgi", repo / "sweeps" / "ablation_clip_scgi.py")
+    spec = importlib.util.spec_from_file_location("ablation_scgi", repo / "sweeps" / "ablation_scgi.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     with open(repo / "reidbench" / "data" / "published.csv") as f:

@@ -1,7 +1,7 @@
 """CLIP-SCGI ablations: Table III (CGI / CFF), Table IV (CFF's query replaced by image features), the fixed-sentence control and the Fig. 4 depth and query-count grids.
 
-    python sweeps/ablation_clip_scgi.py --smoke            # the table rows, one seed, tiny preset
-    ray submit cluster.yaml sweeps/ablation_clip_scgi.py -- --datasets market1501 --root /data --preset paper
+    python sweeps/ablation_scgi.py --smoke            # the table rows, one seed, tiny preset
+    ray submit cluster.yaml sweeps/ablation_scgi.py -- --datasets market1501 --root /data --preset paper
 
 Row names match ``reidbench/data/published.csv`` (``default``, ``no_cff``, ``no_cgi``,
 ``replace_q``), so the leaderboard sets the paper's numbers beside them;
@@ -37,4 +37,4 @@ def trials(args) -> list[Trial]:
 
 if __name__ == "__main__":
     sys.exit(sweep_main(trials, ["synthetic_market", "synthetic_occluded"], __doc__.splitlines()[0],
-                        "ablation_clip_scgi"))
+                        "ablation_scgi"))
