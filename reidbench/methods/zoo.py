@@ -4,3 +4,4 @@ from . import baseline, clip_reid  # noqa: F401
 from . import profd  # noqa: F401
 from . import scing  # noqa: F401
 from . import t2i_baseline  # noqa: F401
+from . import ccaf  # noqa: F401
