@@ -37,7 +37,7 @@ in ``Stage.loss_weights``:
   ``i2tce_clothes`` (L^c_i2tce, Eq. 14) is computed on ``proj_c(f.detach())``
   against the frozen clothes prompts, so it trains ``proj_c`` and nothing else;
   ``dis`` (λ2, Eq. 15) is ``cos(f, f P)`` with P taken *detached*
-  (``F.linear(f, proj_c.weight.detach())``), so it trains E_v (through both
+  (``proj_c(f, train_weight=False)``), so it trains E_v (through both
   arguments) and never ``proj_c``. The paper alternates the two updates; with
   this gradient routing one step applies both, each to its own parameters,
   which is the alternation with both half-steps taken from the same weights
@@ -165,7 +165,7 @@ def shielding_and_clothes_images(image: torch.Tensor, parsing: torch.Tensor, fil
         raise ValueError(f"ccaf: parsing map {tuple(parsing.shape)} does not match images {tuple(image.shape)}")
     m = clothes_mask(parsing, classes)
     white = fill.to(image.device, image.dtype).view(1, -1, 1, 1).expand_as(image)
-    return torch.where(m, white, image), torch.where(m, image, white)
+    return torch.where(m, image, white), torch.where(m, white, image)
 
 
 @register_method
@@ -201,7 +201,7 @@ class Ccaf(Method):
             self.shield_encoder = copy.deepcopy(backbone.image_tower())
             self.shield_head = DualNeckHead(backbone.vision_width, dim, spec.num_classes)
         if config.use_cfm:
-            self.proj_c = nn.Linear(dim, dim, bias=False)
+            self.proj_c = ClothesProjection(dim)
             if config.cfm_supervision == "onehot":
                 self.clothes_classifier = nn.Linear(dim, spec.num_clothes, bias=False)
         self.objective = config.image.objective()
@@ -374,7 +374,7 @@ class Ccaf(Method):
             else:
                 logits = self.clothes_classifier(f_c)
             terms[self.clothes_term] = self.objective.id_loss(logits, cids)
-            f_c_fixed = F.linear(f, self.proj_c.weight.detach())  # L_dis reaches E_v only
+            f_c_fixed = self.proj_c(f, train_weight=False)  # L_dis reaches E_v only
             cos = F.cosine_similarity(f, f_c_fixed, dim=-1).mean()
             terms["dis"] = cos if cfg.dis_sign == "dissimilar" else -cos
         return terms
@@ -392,6 +392,22 @@ class Ccaf(Method):
         return DualNeckHead.inference_feature(self.head(feats), self.config.neck_feat)
 
 
+class ClothesProjection(nn.Module):
+    """CFM's Proj_c, ``f -> f P`` (C x C, no bias; PyTorch's default linear init).
+    ``train_weight=False`` applies the same weight detached, for L_dis. The weight is
+    only ever read inside this module's ``forward``, where ZeRO-3 gathers it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(nn.Linear(dim, dim, bias=False).weight.detach().clone())
+
+    def forward(self, x: torch.Tensor, train_weight: bool = True) -> torch.Tensor:
+        return F.linear(x, self.weight if train_weight else self.weight.detach())
+
+    def extra_repr(self) -> str:
+        return f"dim={self.weight.shape[0]}"
+
+
 def centre_distance(raw: torch.Tensor, shield: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     """Eq. 10: mean over the batch's identities of ``||c_i - c_i^s||^2``, the
     centres being per-identity means of each stream's features."""
@@ -404,5 +420,5 @@ def centre_distance(raw: torch.Tensor, shield: torch.Tensor, pids: torch.Tensor)
     return centre_diff.pow(2).sum(1).mean()
 
 
-__all__ = ["CLOTHES_CLASSES", "Ccaf", "CcafConfig", "centre_distance", "clothes_mask", "fill_values",
+__all__ = ["CLOTHES_CLASSES", "Ccaf", "ClothesProjection", "CcafConfig", "centre_distance", "clothes_mask", "fill_values",
            "shielding_and_clothes_images"]
