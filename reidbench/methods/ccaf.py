@@ -165,7 +165,7 @@ def shielding_and_clothes_images(image: torch.Tensor, parsing: torch.Tensor, fil
         raise ValueError(f"ccaf: parsing map {tuple(parsing.shape)} does not match images {tuple(image.shape)}")
     m = clothes_mask(parsing, classes)
     white = fill.to(image.device, image.dtype).view(1, -1, 1, 1).expand_as(image)
-    return torch.where(m, image, white), torch.where(m, white, image)
+    return torch.where(m, white, image), torch.where(m, image, white)
 
 
 @register_method
@@ -420,5 +420,5 @@ def centre_distance(raw: torch.Tensor, shield: torch.Tensor, pids: torch.Tensor)
     return centre_diff.pow(2).sum(1).mean()
 
 
-__all__ = ["CLOTHES_CLASSES", "Ccaf", "ClothesProjection", "CcafConfig", "centre_distance", "clothes_mask", "fill_values",
-           "shielding_and_clothes_images"]
+__all__ = ["CLOTHES_CLASSES", "Ccaf", "CcafConfig", "ClothesProjection", "centre_distance", "clothes_mask",
+           "fill_values", "shielding_and_clothes_images"]
