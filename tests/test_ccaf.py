@@ -205,3 +205,32 @@ def test_each_ablation_returns_its_terms_and_weighs_them(params, stages, terms):
 def test_cfm_without_clothes_ids_is_a_clear_error():
     with pytest.raises(ValueError, match="num_clothes=0"):
         Ccaf(from_dict(CcafConfig, Ccaf.PRESETS["tiny"]), FakeCLIP(), DataSpec(NUM_CLASSES, 0, 0, "image"))
+
+
+# ----------------------------------------------------------------- inference
+
+
+def test_inference_uses_the_raw_encoder_alone_at_clip_reids_cost():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reidbench.methods.clip_reid import ClipReid, ClipReidConfig
+
+    torch.manual_seed(0)
+    clip_reid = ClipReid(from_dict(ClipReidConfig, ClipReid.PRESETS["tiny"]), FakeCLIP(num_cameras=NUM_CAMERAS),
+                         DataSpec(NUM_CLASSES, NUM_CAMERAS, NUM_CLOTHES, "image"))
+    ccaf = build()
+    b = {k: v for k, v in batch().items() if k in ("image", "pid", "camid", "index")}  # an evaluation batch
+
+    def used(method):
+        method.eval()
+        out = method.embed_image(b)
+        named = list(method.named_parameters())
+        grads = torch.autograd.grad(out.sum(), [p for _, p in named], allow_unused=True)
+        names = {n for (n, _), g in zip(named, grads) if g is not None}
+        with FlopCounterMode(display=False) as counter:
+            method.embed_image(b)
+        return names, sum(p.numel() for n, p in named if n in names), counter.get_total_flops()
+
+    names, params, flops = used(ccaf)
+    assert not {n for n in names if n.startswith(("shield_", "proj_c", "prompt", "clothes"))}, names
+    assert (params, flops) == used(clip_reid)[1:]
