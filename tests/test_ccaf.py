@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fakes import FakeCLIP, chunks, requirement_batch
+
 from reidbench.config import from_dict
 from reidbench.harness.optim import set_trainable
 from reidbench.methods import DataSpec

@@ -65,6 +65,12 @@ L_con), ``use_shield_i2t`` (L^s_i2tce), ``use_cfm`` (L^c_i2tce + L_dis),
 ``cfm_supervision="onehot"`` (L^c_i2tce replaced by a linear clothes
 classifier's CE, "r/p L^c_i2tce"). Stage 1 trains only the prompts some stage-2
 term reads, and is skipped when none does.
+
+Departures (as clip_reid's): stage 1 draws its batches from the harness's P x K
+sampler rather than random batches of 64; the shielding image is built from the
+augmented image and its equally augmented parsing map, so random erasing can leave
+noise on non-clothes pixels of x^s (the paper does not say in which order it masks
+and augments).
 """
 
 from __future__ import annotations
