@@ -234,3 +234,21 @@ def test_inference_uses_the_raw_encoder_alone_at_clip_reids_cost():
     names, params, flops = used(ccaf)
     assert not {n for n in names if n.startswith(("shield_", "proj_c", "prompt", "clothes"))}, names
     assert (params, flops) == used(clip_reid)[1:]
+
+
+def test_the_ablation_sweep_covers_every_published_ccaf_row_and_each_builds():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    from reidbench.harness import leaderboard as lb
+
+    path = Path(__file__).resolve().parents[1] / "sweeps" / "ablation_ccaf.py"
+    spec = importlib.util.spec_from_file_location("ablation_ccaf", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.trials(argparse.Namespace(smoke=True))
+    names = {lb.ABLATION_ALIASES.get(t.ablation, t.ablation) for t in rows}
+    assert set(lb.published_ablations("ccaf")["ablation"]) <= names
+    for trial in rows:
+        assert image_terms(build(**trial.params))  # every row builds and steps
