@@ -2,8 +2,9 @@
 
 What a user of the on-prem variant does, end to end: an SSH server on 127.0.0.1 (Debian's
 openssh-server and rsync, installed with apt-get when missing), `ray up` of the shipped
-``cluster-local.yaml`` (a copy whose only change is the SSH key this test generates),
-`ray submit` of the ProFD ablation sweep in smoke mode, then `ray down`. It checks what
+``cluster-local.yaml`` (a copy with the SSH key this test generates and the node's environment
+built from the interpreter running the tests, see below), `ray submit` of the ProFD ablation
+sweep in smoke mode, then `ray down`. It checks what
 the user would look at afterwards: `ray submit` exits 0; the head's MLflow server
 (127.0.0.1:5050, started by the cluster's ``head_start_ray_commands``) holds the
 ``ablation_profd`` experiment with exactly one FINISHED run per trial of the smoke grid and
@@ -14,6 +15,19 @@ the sweep really logged to the server (no SQLite fallback under the output folde
 
 Decisions:
 
+* The node's environment: the shipped ``setup_commands`` make ``~/reidbench-venv`` from the
+  node's own ``python3`` with ``--system-site-packages`` and pip-install the mount into it,
+  which assumes (as on a real on-prem node) that the system interpreter holds every
+  dependency and a setuptools that builds the editable wheel offline. The tests may run
+  from a venv or a conda env instead, where the loopback node's system ``python3`` has
+  neither. So the copy swaps exactly those two commands (the test fails if it cannot find
+  them) for: a venv made by the interpreter running the tests (same Python version), whose
+  site-packages gets one ``.pth`` file putting the mount ``~/reidbench-src`` first on
+  ``sys.path``, then the test interpreter's site folders (``site.addsitedir``, so their own
+  ``.pth`` files apply too). No pip, setuptools or download on the node, and the test's own
+  environment is only read: its site folders are listed before and after, and must match.
+  Everything else in the shipped file (the ``ray`` launcher, PATH, MLflow, `ray start`)
+  runs as shipped.
 * Processes: every process this test starts carries an environment variable with a token
   unique to this run (the ``ray`` commands get it from us; the sshd gets it too and hands
   it to every session through ``SetEnv``, so the head's Ray processes, its Ray workers and
@@ -58,9 +72,11 @@ import secrets
 import shlex
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections import Counter
@@ -95,8 +111,50 @@ UP_TIMEOUT = 900
 SUBMIT_TIMEOUT = 1800
 DOWN_TIMEOUT = 300
 RAY_TMP = Path(tempfile.gettempdir()) / "ray"
+NODE_PTH = "reidbench-test-env.pth"  # written into the node venv's site-packages
 RAY_LOCAL_FILES = [RAY_TMP / "ray_current_cluster", RAY_TMP / "cluster-reidbench-local.state",
                    RAY_TMP / "cluster-reidbench-local.lock"]
+
+
+# ----------------------------------------------------------------------------- the node's environment
+
+def interpreter_site_dirs() -> list[str]:
+    """The site folders of the interpreter running the tests (venv, conda env or system Python),
+    in the order it searches them: user site, then site-packages (a venv made with
+    --system-site-packages lists its base's too), then purelib/platlib if not among them."""
+    dirs = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+    paths = sysconfig.get_paths()
+    dirs += [*site.getsitepackages(), paths["purelib"], paths["platlib"]]
+    found = []
+    for d in dirs:
+        if Path(d).is_dir() and d not in found:
+            found.append(d)
+    return found
+
+
+def site_listing(dirs: list[str]) -> dict[str, list[str]]:
+    """What each site folder holds (``__pycache__`` aside: importing may add bytecode)."""
+    return {d: sorted(n for n in os.listdir(d) if n != "__pycache__") for d in dirs}
+
+
+def node_setup_commands(shipped: list[str], site_dirs: list[str]) -> list[str]:
+    """``shipped`` with its venv creation and pip install swapped for a venv made by this
+    interpreter that sees the mount first, then ``site_dirs`` (see the module docstring)."""
+    make = [i for i, c in enumerate(shipped) if " -m venv " in c and "reidbench-venv" in c]
+    install = [i for i, c in enumerate(shipped) if "pip install" in c and "reidbench-src" in c]
+    assert len(make) == 1 and len(install) == 1, (
+        f"cluster-local.yaml's setup_commands changed: the test expects one command making ~/reidbench-venv and "
+        f"one pip-installing ~/reidbench-src, to swap them for the test's environment: {shipped}")
+    # The .pth: the mount as a plain path line, then one `import site; site.addsitedir(...)` line per folder.
+    write_pth = ('import sys, sysconfig, pathlib; src, *dirs = sys.argv[1:]; '
+                 'lines = [src] + ["import site; site.addsitedir(%r)" % d for d in dirs]; '
+                 f'pathlib.Path(sysconfig.get_path("purelib"), "{NODE_PTH}").write_text("".join(l + chr(10) for l in lines))')
+    commands = list(shipped)
+    commands[make[0]] = (f"test -x ~/reidbench-venv/bin/python || "
+                         f"{shlex.quote(sys.executable)} -m venv --without-pip ~/reidbench-venv")
+    commands[install[0]] = (f"~/reidbench-venv/bin/python -c {shlex.quote(write_pth)} \"$HOME/reidbench-src\" "
+                            + " ".join(shlex.quote(d) for d in site_dirs))
+    return commands
 
 
 # ----------------------------------------------------------------------------- machine set-up
@@ -295,10 +353,11 @@ SetEnv {MARK}={self.token}
         return done
 
     # -- the cluster
-    def write_config(self) -> None:
-        """The shipped config with this test's key; nothing else changes."""
+    def write_config(self, site_dirs: list[str]) -> None:
+        """The shipped config with this test's key and the node's environment built from ``site_dirs``."""
         config = yaml.safe_load((REPO / "cluster-local.yaml").read_text())
         config["auth"]["ssh_private_key"] = str(self.key)
+        config["setup_commands"] = node_setup_commands(config["setup_commands"], site_dirs)
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def backup_bashrc(self) -> None:
@@ -410,7 +469,41 @@ def smoke_trial_names() -> list[str]:
     return [p["name"] for p in expand(module.trials(args), SMOKE_DATASETS, [0])]
 
 
-# ----------------------------------------------------------------------------- the test
+# ----------------------------------------------------------------------------- the tests
+
+def test_node_environment_imports_the_mount_first_and_this_interpreters_packages(tmp_path):
+    """The copy's setup_commands, run in a scratch home (no sshd, no root, a few seconds): the node
+    venv imports reidbench from the mount and ray from the test interpreter, its `ray` launcher
+    works, every other shipped command is kept, and the test interpreter's site folders are untouched."""
+    shipped = yaml.safe_load((REPO / "cluster-local.yaml").read_text())["setup_commands"]
+    site_dirs = interpreter_site_dirs()
+    assert sysconfig.get_paths()["purelib"] in site_dirs, site_dirs
+    before = site_listing(site_dirs)
+    commands = node_setup_commands(shipped, site_dirs)
+    assert len(commands) == len(shipped) and sum(a != b for a, b in zip(commands, shipped)) == 2
+    home = tmp_path / "home"
+    shutil.copytree(REPO / "reidbench", home / "reidbench-src" / "reidbench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HOME"] = str(home)
+    for command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command!r} failed: {done.stderr[-2000:]}"
+    venv = home / "reidbench-venv"
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import reidbench, ray, sys; print(reidbench.__file__); "
+                            "print(ray.__file__); print(sys.prefix)"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    package, ray_module, prefix = probe.stdout.split()
+    import ray
+
+    assert Path(package) == home / "reidbench-src" / "reidbench" / "__init__.py"
+    assert Path(ray_module).resolve() == Path(ray.__file__).resolve() and prefix == str(venv)
+    launcher = subprocess.run([str(venv / "bin" / "ray"), "--version"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert launcher.returncode == 0 and ray.__version__ in launcher.stdout, launcher.stdout + launcher.stderr[-2000:]
+    assert site_listing(site_dirs) == before
+
 
 def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
     if os.geteuid() != 0:
@@ -421,20 +514,26 @@ def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
     cluster.check_machine_is_free()
     expected = smoke_trial_names()
     assert len(expected) == 10, f"the smoke grid changed: {expected}"
+    site_dirs = interpreter_site_dirs()
+    site_before = site_listing(site_dirs)
     try:
         cluster.backup_bashrc()
         cluster.start_sshd()
-        cluster.write_config()
+        cluster.write_config(site_dirs)
         cluster.cluster_started = True  # from here on, `ray down` runs in cleanup even if `ray up` fails half-way
         up = cluster.ray("up", "up", "-y", "--no-config-cache", str(cluster.config), timeout=UP_TIMEOUT)
         assert up.returncode == 0, f"ray up failed:\n{up.stdout[-5000:]}"
 
         # The shell `ray submit` runs the script in: the venv first on PATH, the package from the mount.
-        probe = cluster.ssh("python -c 'import reidbench, ray, sys; print(reidbench.__file__); print(sys.prefix)'; "
-                            "command -v ray; echo $MLFLOW_TRACKING_URI", login=True)
-        package, prefix, ray_bin, uri = probe.stdout.strip().splitlines()[-4:]
+        probe = cluster.ssh("python -c 'import reidbench, ray, torch, sys; print(reidbench.__file__); print(sys.prefix); "
+                            "print(ray.__file__)'; command -v ray; echo $MLFLOW_TRACKING_URI", login=True)
+        package, prefix, ray_module, ray_bin, uri = probe.stdout.strip().splitlines()[-5:]
         assert package.startswith(str(HOME / "reidbench-src" / "reidbench")), package
         assert prefix == str(HOME / "reidbench-venv") and ray_bin == str(HOME / "reidbench-venv" / "bin" / "ray")
+        # the node's ray is this interpreter's (so its version matches the `ray` CLI driving the cluster)
+        import ray
+
+        assert Path(ray_module).resolve() == Path(ray.__file__).resolve(), (ray_module, ray.__file__)
         assert uri == MLFLOW_URI
 
         submit = cluster.ray("submit", "submit", "--no-config-cache", str(cluster.config),
@@ -482,5 +581,6 @@ def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
         for note in cluster.notes:
             print(f"[ray-submit-test] {note}")
     assert not problems, problems
+    assert site_listing(site_dirs) == site_before, "the node's set-up changed the test interpreter's site folders"
     assert (BASHRC.read_bytes() if BASHRC.exists() else None) == cluster.bashrc, f"{BASHRC} was not restored"
     assert not listening(SSH_PORT) and not listening(5050), "sshd or the MLflow server still listens"
