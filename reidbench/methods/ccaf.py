@@ -92,6 +92,7 @@ from .components import (
     PromptLearner,
     PromptStageConfig,
     encode_images,
+    evaluating,
     i2t_t2i_losses,
     image_side_prefixes,
 )
@@ -264,9 +265,7 @@ class Ccaf(Method):
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             if stage.name == PROMPT_STAGE:
                 self._image_banks = self.cache_image_features(train_batches())
             elif stage.name == IMAGE_STAGE:
@@ -280,8 +279,6 @@ class Ccaf(Method):
                                                               what="clothes text features")
             else:
                 raise ValueError(f"ccaf has stages {PROMPT_STAGE!r} and {IMAGE_STAGE!r}, got {stage.name!r}")
-        finally:
-            self.train(was_training)
 
     def cache_image_features(self, batches: Iterable[dict]) -> dict[str, FeatureBank]:
         """Frozen E_v's projected features of the shielding images (keyed by index,

@@ -61,6 +61,7 @@ from .components import (
     PromptLearner,
     PromptStageConfig,
     encode_images,
+    evaluating,
     i2t_t2i_losses,
     image_side_prefixes,
 )
@@ -144,9 +145,7 @@ class ClipReid(Method):
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             if stage.name == PROMPT_STAGE:
                 self._image_bank = self.cache_image_features(train_batches())
             elif stage.name == IMAGE_STAGE:
@@ -154,8 +153,6 @@ class ClipReid(Method):
                 self._text_bank = FeatureBank(self.identity_text_features(), what="identity text features")
             else:
                 raise ValueError(f"clip_reid has stages {PROMPT_STAGE!r} and {IMAGE_STAGE!r}, got {stage.name!r}")
-        finally:
-            self.train(was_training)
 
     def cache_image_features(self, batches: Iterable[dict]) -> FeatureBank:
         """Projected CLS features of the whole training split, keyed by ``index``.

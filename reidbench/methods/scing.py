@@ -114,6 +114,7 @@ from .components import (
     ReidObjective,
     cosine_distance,
     encode_images,
+    evaluating,
     i2t_t2i_losses,
     image_side_prefixes,
 )
@@ -497,9 +498,7 @@ class Scing(ClipReid):
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             if stage.name == PROMPT_STAGE:
                 # joint training encodes on the fly: a cache would be stale after one step
                 self._image_bank = None if self.config.stage1_train_encoders else \
@@ -511,8 +510,6 @@ class Scing(ClipReid):
                     self.class_text_ready.fill_(True)
             else:
                 raise ValueError(f"scing has stages {PROMPT_STAGE!r} and {IMAGE_STAGE!r}, got {stage.name!r}")
-        finally:
-            self.train(was_training)
 
     # -- prompts -----------------------------------------------------------
     def encode_prompts(self, labels: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .banks import FeatureBank
 from .distances import cosine_distance, euclidean_dist
-from .encoding import TEXT_SIDE, camera_ids, encode_images, image_side_prefixes
+from .encoding import TEXT_SIDE, camera_ids, encode_images, evaluating, image_side_prefixes
 from .heads import (
     BNNeck,
     DualNeckHead,
@@ -61,6 +61,7 @@ __all__ = [
     "camera_ids",
     "cosine_distance",
     "encode_images",
+    "evaluating",
     "euclidean_dist",
     "hard_example_mining",
     "i2t_t2i_losses",

@@ -3,7 +3,8 @@ SIE wants) and naming the backbone's image side for ``Stage.trainable``."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -55,4 +56,17 @@ def encode_images(backbone: nn.Module, batch: dict, use_sie: bool, return_hidden
     return backbone.encode_image(batch["image"], camids)
 
 
-__all__ = ["TEXT_SIDE", "camera_ids", "encode_images", "image_side_prefixes"]
+__all__ = ["TEXT_SIDE", "camera_ids", "encode_images", "evaluating", "image_side_prefixes"]
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, its previous mode restored afterwards
+    (``begin_stage`` passes that precompute features)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
