@@ -34,7 +34,7 @@ from torch import nn
 # Time steps per chunk of the CPU scan: the discretised decays and inputs ([B, T, d_inner,
 # d_state] each) are materialised for one chunk at a time, so without autograd the scan's
 # extra memory is O(T * d_inner * d_state) whatever the length.
-SCAN_CHUNK = 256
+SCAN_CHUNK = 64
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
