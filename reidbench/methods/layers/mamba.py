@@ -55,6 +55,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     memory, exact up to float rounding. A parallel (log-space cumulative-sum) scan
     would need fewer Python steps but overflows ``exp(-cumsum(delta A))`` once the
     decays are strong, which training reaches; the sequential form cannot.
+    ``chunk`` time steps' decays and inputs are materialised at a time (see
+    ``SCAN_CHUNK``); the result does not depend on it.
     """
     dtype = u.dtype
     batch, d, length = u.shape
@@ -72,14 +74,15 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     delta, B, C = delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
     h = u.new_zeros(batch, d, A.shape[1])
     outs = []
-    for start in range(0, length, chunk):
-        stop = min(start + chunk, length)
-        decay = torch.exp(delta[:, start:stop, :, None] * A)  # [B, T, d, n]
-        drive = dt_u[:, start:stop, :, None] * B[:, start:stop, None, :]  # [B, T, d, n]
-        readout = C[:, start:stop, :, None]  # [B, T, n, 1]
-        for t in range(stop - start):
-            h = torch.addcmul(drive[:, t], decay[:, t], h)
-            outs.append(torch.bmm(h, readout[:, t]))
+    with torch.autocast(u.device.type, enabled=False):  # autocast would run the readout bmm in 16 bits
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            decay = torch.exp(delta[:, start:stop, :, None] * A)  # [B, T, d, n]
+            drive = dt_u[:, start:stop, :, None] * B[:, start:stop, None, :]  # [B, T, d, n]
+            readout = C[:, start:stop, :, None]  # [B, T, n, 1]
+            for t in range(stop - start):
+                h = torch.addcmul(drive[:, t], decay[:, t], h)
+                outs.append(torch.bmm(h, readout[:, t]))
     y = torch.cat(outs, dim=2)
     if D is not None:
         y = y + u * D.to(work)[:, None]
