@@ -80,9 +80,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             decay = torch.exp(delta[:, start:stop, :, None] * A)  # [B, T, d, n]
             drive = dt_u[:, start:stop, :, None] * B[:, start:stop, None, :]  # [B, T, d, n]
             readout = C[:, start:stop, :, None]  # [B, T, n, 1]
-            for t in range(stop - start):
-                h = torch.addcmul(drive[:, t], decay[:, t], h)
-                outs.append(torch.bmm(h, readout[:, t]))
+            # unbind, not indexing: one backward node per chunk; a select per step would
+            # scatter each step's gradient into a zeroed chunk-sized tensor (O(T) per step)
+            for drive_t, decay_t, readout_t in zip(drive.unbind(1), decay.unbind(1), readout.unbind(1)):
+                h = torch.addcmul(drive_t, decay_t, h)
+                outs.append(torch.bmm(h, readout_t))
     y = torch.cat(outs, dim=2)
     if D is not None:
         y = y + u * D.to(work)[:, None]
