@@ -34,10 +34,14 @@ The GradNorm step, per training step (``K`` tasks)::
     g_k = ||dL_k/dW||_2                   (all-reduced gradients under torch.distributed, see below)
     G_k = w_k g_k,      G_ref = mean_k G_k                    (G_ref detached)
     r_k = (L_k / L_k^0) / mean_j (L_j / L_j^0)               (L_k^0: L_k at the first step)
+    L_grad = sum_k | G_k - G_ref r_k^p |                     (the target detached)
 
 ``L_k^0`` is taken at the first training step where ``L_k > 0`` (a margin loss can
-start at exactly 0); until then task k's ratio counts as 1.
-    L_grad = sum_k | G_k - G_ref r_k^p |                     (the target detached)
+start at exactly 0); until then task k's ratio counts as 1. A task that trains
+slower than the others (larger ``r_k``) gets a larger gradient-norm target, hence
+more weight, for ``p > 0``: Chen et al.'s restoring force. (LibMTL's GradNorm,
+the test oracle, agrees; gradnorm-pytorch 0.2.3 targets ``G_ref r_k^-alpha``, the
+opposite force, and matches this module only at ``alpha = 0``.)
 
 ``alpha_role`` resolves the paper's ambiguity about ``alpha`` (Sec. IV-A gives
 "GradNorm (alpha = 1.5)", which is GradNorm's restoring-force exponent; Eq. 6
