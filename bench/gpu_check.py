@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reidbench.methods.layers import Mamba  # noqa: E402
-from reidbench.methods.layers import mamba as mamba_module  # noqa: E402
+from reidbench.methods.layers import Mamba
+from reidbench.methods.layers import mamba as mamba_module
 
 TOL_OUT, TOL_GRAD, TOL_BF16 = 1e-4, 1e-3, 3e-2
 
@@ -108,7 +108,7 @@ def correctness(device: torch.device, kernels: SimpleNamespace | None,
         else:
             print("  (causal-conv1d not installed: the fused mamba_inner_fn path is not checked)")
         scan_only = SimpleNamespace(mamba_inner_fn=None, causal_conv1d_fn=None, selective_scan_fn=kernels.selective_scan_fn)
-        rows.append(compare("kernels[scan]", case, run(gpu, xd, wd, lambda v: gpu._forward_kernels(v, scan_only)), ref,
+        rows.append(compare("kernels[scan]", case, run(gpu, xd, wd, lambda v, m=gpu, k=scan_only: m._forward_kernels(v, k)), ref,
                             TOL_OUT, TOL_GRAD))
         try:
             from mamba_ssm import Mamba as MambaSSM
@@ -117,7 +117,7 @@ def correctness(device: torch.device, kernels: SimpleNamespace | None,
             theirs.load_state_dict(cpu.state_dict(), strict=True)
             with torch.no_grad():
                 rows.append(compare("mamba_ssm.Mamba", case, (theirs(xd), None), ref, TOL_OUT, None))
-        except Exception:  # report and go on: the kernel comparisons above stand on their own
+        except Exception:  # noqa: BLE001  report and go on: the kernel comparisons above stand on their own
             traceback.print_exc()
             rows.append({"check": "mamba_ssm.Mamba", "case": case, "ok": False, "error": traceback.format_exc(limit=2)})
         with torch.autocast(device.type, dtype=torch.bfloat16), torch.no_grad():
