@@ -82,7 +82,7 @@ class CaptionSpec:
 
 def add_common_arguments(parser: argparse.ArgumentParser, split_default: str) -> None:
     """The options every annotation command shares."""
-    parser.add_argument("--dataset", required=True, help="registered dataset name (reidbench data check --list)")
+    parser.add_argument("--dataset", required=True, help="registered dataset name (e.g. market1501, prcc, cuhk_pedes, synthetic_cc)")
     parser.add_argument("--root", default=None, help="folder holding the dataset (as for train's data.root)")
     parser.add_argument("--split", default=split_default,
                         help="image splits to annotate: comma-separated names or 'all' (default %(default)s)")

@@ -128,4 +128,5 @@ class Vlm:
         if generator_state is not None:
             torch.random.set_rng_state(generator_state)
         new = out[0, inputs["input_ids"].shape[1]:]
-        return self.processor.decode(new, skip_special_tokens=True).strip()
+        # One line per text: newlines and runs of spaces become single spaces.
+        return " ".join(self.processor.decode(new, skip_special_tokens=True).split())
