@@ -71,7 +71,7 @@ def check_description(text: str, kind: str, max_words: int = MAX_WORDS) -> list[
         failed.append("unbalanced")
     lower = [re.sub(r"[^a-z'-]", "", w.lower()) for w in words]
     runs = any(lower[i] and lower[i] == lower[i + 1] == lower[i + 2] == lower[i + 3] for i in range(len(lower) - 3))
-    trigrams = [tuple(lower[i:i + 3]) for i in range(len(lower) - 2)]
+    trigrams = [tuple(lower[i:i + 3]) for i in range(len(lower) - 2) if all(lower[i:i + 3])]
     if runs or any(trigrams.count(t) >= 3 for t in set(trigrams)):
         failed.append("repetition")
     if sum(c.isalpha() for c in text) < 0.5 * len(text.replace(" ", "")):
