@@ -15,7 +15,6 @@ without a download; what they write is gibberish.
 from __future__ import annotations
 
 import os
-import re
 
 __all__ = ["TINY_PARSING_LABELS", "build_tiny_segformer", "build_tiny_vlm"]
 
@@ -24,7 +23,7 @@ __all__ = ["TINY_PARSING_LABELS", "build_tiny_segformer", "build_tiny_vlm"]
 _WORDS = """describe the most obvious one people using this template for no more than 45 words a is wearing
 and shoes carrying has whether wear glasses age gender upper lower clothes others hair length person's identity
 clothing style use very detailed descriptive terse concise list short long sentence sentences about in as key value
-man woman young old middle-aged red blue black white green grey yellow pink brown t-shirt shirt jacket coat trousers
+person man woman young old middle-aged red blue black white green grey yellow pink brown t-shirt shirt jacket coat trousers
 shorts skirt backpack bag handbag cap he she his her with of only do not mention biological traits such gender
 build colours patterns accessories apparel answer write key-value pairs separated by semicolons comma-separated
 phrases""".split()
@@ -92,7 +91,7 @@ def build_tiny_vlm(folder: str, seed: int = 0, image_size: int = 32, patch: int 
 
 
 # ATR-style names, the label set of the common SegFormer clothes-parsing checkpoints; all
-# of them have a LIP class (``parse.LIP_ALIASES``), unlike ``Belt`` / ``Bag``.
+# of them have a LIP class (``parse.lip_mapping``), unlike ``Belt`` / ``Bag``.
 TINY_PARSING_LABELS = ("Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress",
                        "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Scarf")
 
@@ -113,7 +112,3 @@ def build_tiny_segformer(folder: str, seed: int = 0, labels: tuple[str, ...] = T
     model.save_pretrained(folder)
     SegformerImageProcessor(size={"height": size, "width": size}).save_pretrained(folder)
     return folder
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "", text.lower())
