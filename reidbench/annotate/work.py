@@ -20,7 +20,9 @@ Decisions where the issues are silent:
   driver writes, so there is one output file and no shards to merge. Results arrive in
   completion order, so line order differs between runs; the set of lines does not,
   because every item's output depends on that item alone (one image per generate call,
-  retries seeded by the item's key).
+  retries seeded by the item's key). Caveat: a Ray worker computes on one thread
+  (``num_cpus=1``), and sums over another thread count can differ in the last bits,
+  which can flip a near-tie in greedy decoding or an argmax.
 * A local Ray is started with ``PYTHONPATH`` pointing at the ``reidbench`` being run,
   so the workers import the same code as the driver; a running cluster
   (``ray start``) is joined as it is.
