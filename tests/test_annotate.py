@@ -168,6 +168,7 @@ def test_failed_checks_are_retried_counted_and_kept_apart(market, vlm, tmp_path,
 def test_caption_refuses_to_mix_settings_or_read_a_missing_model(market, vlm, tmp_path, capsys):
     out = tmp_path / "captions.jsonl"
     assert caption(market, vlm, out, "--split", "query") == 0
+    out.write_text(out.read_text() + '{"path": "query/00')  # and an interrupted line
     before = out.read_text()
     assert caption(market, vlm, out, "--split", "query", "--max-words", "30") == 2
     err = capsys.readouterr().err
@@ -271,7 +272,7 @@ def test_describe_refuses_a_bad_styles_file(tmp_path, vlm, market, capsys):
 
 
 @pytest.mark.slow
-def test_two_ray_workers_write_the_same_files_as_one(market, vlm, tmp_path):
+def test_two_ray_workers_write_the_same_files_as_one(market, vlm, tmp_path, monkeypatch):
     import ray
     import torch
 
@@ -290,6 +291,7 @@ def test_two_ray_workers_write_the_same_files_as_one(market, vlm, tmp_path):
     finally:
         torch.set_num_threads(threads)
     other = make_market(tmp_path / "other")
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # never another session's cluster on this machine
     try:
         assert caption(market, vlm, two, "--split", "all", "--workers", "2", "--chunk-size", "3") == 0
         assert main([*parse, "--root", str(other), "--workers", "2", "--chunk-size", "3"]) == 0

@@ -23,9 +23,9 @@ Decisions where the issues are silent:
   retries seeded by the item's key). Caveat: a Ray worker computes on one thread
   (``num_cpus=1``), and sums over another thread count can differ in the last bits,
   which can flip a near-tie in greedy decoding or an argmax.
-* A local Ray is started with ``PYTHONPATH`` pointing at the ``reidbench`` being run,
-  so the workers import the same code as the driver; a running cluster
-  (``ray start``) is joined as it is.
+* The workers run with ``PYTHONPATH`` pointing at the ``reidbench`` being run, so they
+  import the same code as the driver. The cluster ``RAY_ADDRESS`` names, or the one
+  ``ray start`` made, is joined; otherwise a local Ray is started.
 """
 
 from __future__ import annotations
@@ -131,17 +131,15 @@ class WorkerSpec(Protocol):
     def build(self) -> Callable[[WorkItem], dict]: ...
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    """The complete lines of ``path``; a last line cut short by an interruption is dropped
-    from the file (it is redone), any other bad line is an error."""
+def _read_jsonl(path: str) -> tuple[list[dict], int]:
+    """The complete lines of ``path`` and the byte length they take; a last line cut short
+    by an interruption is left out (see :func:`_drop_partial_line`), any other bad line is
+    an error."""
     if not os.path.isfile(path):
-        return []
+        return [], 0
     with open(path, "rb") as fh:
         data = fh.read()
     complete = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with open(path, "wb") as fh:
-            fh.write(complete)
     rows = []
     for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
         if not line.strip():
@@ -154,7 +152,14 @@ def _read_jsonl(path: str) -> list[dict]:
         if not isinstance(row, dict) or not isinstance(row.get("path"), str):
             raise ValueError(f'{path}, line {number}: expected a JSON object with a "path"; use another --out')
         rows.append(row)
-    return rows
+    return rows, len(complete)
+
+
+def _drop_partial_line(path: str, length: int) -> None:
+    """Cut ``path`` to its complete lines (the cut line is redone)."""
+    if os.path.isfile(path) and os.path.getsize(path) != length:
+        with open(path, "r+b") as fh:
+            fh.truncate(length)
 
 
 class JsonlSink:
@@ -175,14 +180,17 @@ class JsonlSink:
         parent = os.path.dirname(self.out)
         if not os.path.isdir(parent):
             raise ValueError(f"--out {out!r}: folder {parent!r} does not exist")
-        written = _read_jsonl(self.out)
+        written, length = _read_jsonl(self.out)
         for number, row in enumerate(written, 1):
             theirs = {k: v for k, v in (row.get("provenance") or {}).items() if k not in _PER_ITEM}
             if theirs != provenance:
                 differs = sorted(k for k in set(theirs) | set(provenance) if theirs.get(k) != provenance.get(k))
                 raise ValueError(f"--out {self.out!r} holds lines written with other settings (line {number}: "
                                  f"{', '.join(differs)} differ); give another --out, or delete it to start over")
-        failed = _read_jsonl(self.failed_path)
+        failed, failed_length = _read_jsonl(self.failed_path)
+        # Checked: nothing is written before this point.
+        _drop_partial_line(self.out, length)
+        _drop_partial_line(self.failed_path, failed_length)
         if retry_failed:
             failed = []
             open(self.failed_path, "w").close()
@@ -214,21 +222,22 @@ def _chunks(items: Sequence[WorkItem], size: int) -> list[list[WorkItem]]:
 
 
 def _start_ray(workers: int) -> None:
+    """Join the cluster ``RAY_ADDRESS`` names or one ``ray start`` made, else start a
+    local Ray. Not ``address="auto"``: that joins *any* Ray process found on the machine,
+    e.g. another user's test session, whose workers import another ``reidbench``."""
     import ray
 
     if ray.is_initialized():
         return
-    try:
-        ray.init(address="auto", log_to_driver=False)
-        return
-    except (ConnectionError, RuntimeError):
-        pass
     import reidbench
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(reidbench.__file__)))
     path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    options = {"include_dashboard": False, "log_to_driver": False, "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    try:  # a local Ray: at least one CPU per worker, or the extra workers would never start
+        ray.init(num_cpus=max(workers, os.cpu_count() or 1), **options)
+    except ValueError:  # joining a cluster, whose resources are its own
+        ray.init(**options)
 
 
 class _Actor:
