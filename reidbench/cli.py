@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_check_arguments(check)
     check.set_defaults(func=_data_check)
 
+    from .annotate.commands import add_annotate_commands
+
+    add_annotate_commands(data)
+
     pretrain = sub.add_parser("pretrain", help="contrastively pretrain the tiny CLIP on synthetic pairs (cached)")
     from .backbones.pretrain_config import add_pretrain_arguments
 

@@ -26,7 +26,8 @@ def _lacks(requirement: str, sample: Sample) -> bool:
 
 _HOW_TO_ADD = {
     "mask": "part masks are read from DSET/masks/REL.png beside the dataset (the synthetic sets have them)",
-    "parsing": "parsing maps are read from DSET/parsing/REL.png beside the dataset (the synthetic sets have them)",
+    "parsing": ("parsing maps are read from DSET/parsing/REL.png beside the dataset (the synthetic sets have them); "
+                "make them with reidbench data parse --dataset NAME --root DIR --model MODEL_DIR"),
     "clothes_id": "use a dataset with clothes labels (PRCC, LTCC, VC-Clothes, DeepChange or a synthetic one)",
 }
 

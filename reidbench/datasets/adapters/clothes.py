@@ -5,6 +5,19 @@ Clothes ids: on ``train`` they are relabelled 0..C-1 over (pid, clothes) pairs b
 (LTCC/VC-Clothes: the clothes field of the name; PRCC: 0 for cameras A and B, 1 for
 camera C) and are only meaningful together with the pid, which is how every protocol
 uses them (the cc/same_clothes junk rules only compare clothes of the same person).
+
+Human-parsing maps (CCAF's shielding and clothes images): for an image at ``DSET/REL``
+the adapters read ``DSET/parsing/REL`` with the extension replaced by ``.png``, in
+SCHP's output format (palette PNG, the 20 LIP classes), ``DSET`` being the dataset
+folder found under the root. ``reidbench data parse --dataset NAME --root DIR --model
+MODEL_DIR`` writes them there. No maps at all is allowed (only a method that requires
+``parsing`` stops, and says how to make them); a split where some images have a map and
+others have none is an interrupted or partial parse, and the adapter stops with how
+to finish it (:func:`check_parsing_maps`).
+
+Protocols, as CCAF (MM'24, Tables 1 and 2) reports them: LTCC ``general`` and ``cc``,
+PRCC ``same_clothes`` and ``cc``, VC-Clothes ``general`` and ``cc``, DeepChange one
+``standard`` evaluation.
 """
 
 from __future__ import annotations
@@ -25,6 +38,24 @@ from ._common import (
     require_nonempty,
     unparsable_error,
 )
+
+PARSE_COMMAND = "reidbench data parse --dataset {name} --root {root} --model MODEL_DIR"
+
+
+def check_parsing_maps(name: str, dset: str, splits: dict[str, list[Sample]]) -> None:
+    """Stop when a split is partly parsed: some of its images have a map under
+    ``DSET/parsing`` and others have none (an interrupted ``reidbench data parse``).
+    A split with no maps, or with every map, passes."""
+    for split, samples in splits.items():
+        lacking = [s for s in samples if not s.parsing_path]
+        if lacking and len(lacking) < len(samples):
+            first = ", ".join(repr(os.path.relpath(s.path, dset).replace(os.sep, "/")) for s in lacking[:3])
+            raise DatasetLayoutError(
+                f"{name}: {len(lacking)} of {len(samples)} images of split {split!r} have no parsing map under "
+                f"{os.path.join(dset, 'parsing')!r} (first: {first}); finish them with "
+                f"{PARSE_COMMAND.format(name=name, root=os.path.dirname(dset))} (it skips the maps already made)"
+            )
+
 
 # ----------------------------------------------------------------------------- PRCC
 
@@ -100,6 +131,7 @@ def prcc(root: str | None) -> ReidDataset:
         "gallery": {"images": 3384, "ids": 71, "cameras": 1},
     }
     notes = "camid A=0, B=1, C=2; clothes 0 = cameras A/B, 1 = camera C. Official counts: CAL's PRCC statistics."
+    check_parsing_maps("prcc", dset, splits)
     return ReidDataset("prcc", dset, "image", splits, evaluations, official, notes)
 
 
@@ -135,6 +167,7 @@ def _named_splits(
         require_nonempty(name, split, samples, where, example)
         samples = side_cars.attach(samples)
         splits[split] = relabel(samples) if split == "train" else samples
+    check_parsing_maps(name, dset, splits)
     return splits
 
 
@@ -305,4 +338,5 @@ def deepchange(root: str | None, test_camid: str = "tracklet", clothes_from_day:
         + ("Query/gallery 'cameras' count tracklets. " if test_camid == "tracklet" else "")
         + "Official counts: DeepChange paper."
     )
+    check_parsing_maps("deepchange", dset, splits)
     return ReidDataset("deepchange", dset, "image", splits, [EvalSplit("standard", "query", "gallery", "standard")], official, notes)
