@@ -556,8 +556,9 @@ class ProFD(Method):
                              f"got {len(cfg.part_names)}: {cfg.part_names}")
         dim = backbone.embed_dim
         self.grid = tuple(backbone.patch_grid)
-        self.patch_size = int(backbone.patch_size)
-        self.patch_stride = int(getattr(backbone, "patch_stride", backbone.patch_size))
+        # A backbone that names no patch size is taken to tile the image (kernel = stride).
+        self.patch_size = getattr(backbone, "patch_size", None)
+        self.patch_stride = getattr(backbone, "patch_stride", self.patch_size)
         self.prompt_learner = PromptLearner(backbone.token_embedding, backbone.tokenizer, NUM_PARTS, n_ctx=cfg.n_ctx,
                                             template="{ctx} {name}.", class_names=cfg.part_names,
                                             class_specific=cfg.part_specific_ctx, init_std=cfg.ctx_init_std)
