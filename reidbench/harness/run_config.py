@@ -114,6 +114,9 @@ class EvalConfig:
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+    # Test mAP/R1 over this many equal-count bins of the queries' visible body fraction, on
+    # benchmarks that record it (the synthetic ones); 0: none (evaluate.visibility_curve).
+    visibility_bins: int = 4
 
 
 @dataclass

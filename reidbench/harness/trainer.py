@@ -401,7 +401,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         with gathering_on_access(engine):
             results = evaluate_test(method, prep, cfg, env.device)
     if env.is_main:
-        final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test}
+        final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test,
+                         **robustness_results(prep, results, cfg.evaluation.visibility_bins)}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
             env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
@@ -423,6 +424,22 @@ def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.
     return {ev.name: evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
                                         ev.protocol, cfg, prep.image_size, device, test_time=True)
             for ev in prep.dataset.evaluations}
+
+
+def robustness_results(prep: Prepared, results: dict[str, Any], bins: int) -> dict[str, float]:
+    """Test metrics over query subsets binned by visible body fraction
+    (``test/<evaluation>/visibility/bin<i>/...``, :func:`evaluate.visibility_curve`) for every
+    image evaluation whose benchmark records the fraction (the synthetic ones); none otherwise."""
+    from .evaluate import sample_visibility, visibility_curve, visibility_metrics
+
+    out: dict[str, float] = {}
+    for ev in prep.dataset.evaluations if bins > 0 else ():
+        if ev.protocol == "t2i" or ev.name not in results:
+            continue
+        visible = sample_visibility(prep.dataset.splits[ev.query], prep.dataset.root)
+        if visible is not None:
+            out.update(visibility_metrics(ev.name, visibility_curve(results[ev.name], visible, bins)))
+    return out
 
 
 def summarize_results(results: dict[str, Any]) -> dict[str, float]:
