@@ -71,3 +71,33 @@ def test_run_logs_the_curve_with_its_test_metrics(tmp_path):
     assert logged["test/standard/visibility/bin0/from"] == 0.62 and logged["test/standard/visibility/bin1/to"] == 0.91
     assert logged["test/standard/visibility/bin0/mAP"] < logged["test/standard/visibility/bin1/mAP"]
     assert robustness_results(prep, {"standard": result}, bins=0) == {}
+
+
+def test_leaderboard_shows_the_curve_per_method_over_seeds(tmp_path):
+    import pandas as pd
+
+    from reidbench.harness.leaderboard import robustness_table, write_robustness
+
+    rows = []
+    for method, maps in (("profd", [[20.0, 40.0], [22.0, 44.0]]), ("clip_reid", [[10.0, 40.0], [14.0, 42.0]])):
+        for seed, (low, high) in enumerate(maps):
+            row = {"method": method, "ablation": "default", "dataset": "synthetic_occluded", "setup": "tiny/synthetic",
+                   "seed": str(seed), "metrics.test/standard/mAP": (low + high) / 2}
+            for b, (value, lo, hi) in enumerate(((low, 0.6, 0.75), (high, 0.76, 0.9))):
+                prefix = f"metrics.test/standard/visibility/bin{b}/"
+                row.update({prefix + "mAP": value, prefix + "R1": value + 5, prefix + "from": lo, prefix + "to": hi,
+                            prefix + "visible_mean": (lo + hi) / 2, prefix + "queries": 30.0})
+            rows.append(row)
+    runs = pd.DataFrame(rows)
+    table = robustness_table(runs)
+    profd_low = table[(table["method"] == "profd") & (table["bin"] == 0)].iloc[0]
+    assert (profd_low["n_seeds"], profd_low["mAP_mean"]) == (2, 21.0)
+    assert profd_low["mAP_std"] == pytest.approx(np.std([20.0, 22.0], ddof=1))
+    markdown = tmp_path / "leaderboard.md"
+    markdown.write_text("# Leaderboard\n")
+    paths = write_robustness(runs, tmp_path, markdown=markdown)
+    text = markdown.read_text()
+    assert "## Occlusion robustness" in text and "visible 0.60-0.75" in text
+    assert "| profd | default | 2 | 21.00 ± 1.41 | 42.00 ± 2.83 |" in text
+    assert paths["robustness"].exists() and paths["robustness_plot_0"].suffix == ".png"
+    assert write_robustness(runs.drop(columns=[c for c in runs if "/visibility/" in c]), tmp_path / "none") == {}

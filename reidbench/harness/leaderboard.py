@@ -92,6 +92,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -525,7 +526,8 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     board = leaderboard_sorted(board)
     paths = write_leaderboard(board, args.out, args.experiment, published)
     signs, agreement = write_sign_agreement(loaded.runs, args.out, published, markdown=paths["markdown"])
-    written = [*paths.values(), *signs.values()]
+    robustness = write_robustness(loaded.runs, args.out, markdown=paths["markdown"], plots=not args.no_plots)
+    written = [*paths.values(), *signs.values(), *robustness.values()]
     if not args.no_plots:
         from .plots import write_plots
 
@@ -620,7 +622,6 @@ def _comparisons(runs: pd.DataFrame, published: pd.DataFrame, metrics: tuple[str
                           "metric": r["metric"], "published_row": float(r["value"]),
                           "published_full": float(ref["value"].iloc[0]), "published_diff": diff,
                           "paper_sign": int(np.sign(round(diff, 6))), "note": r["note"]})
-    import re
 
     ablations = set(runs["ablation"].map(lambda a: ABLATION_ALIASES.get(a, a))) if len(runs) else set()
     for paper, table, method, pattern, dataset, sign, note in CLAIMED_SIGNS:
@@ -731,3 +732,78 @@ def write_sign_agreement(runs: pd.DataFrame, out_dir: str | Path, published: pd.
         with open(markdown, "a", encoding="utf-8") as fh:
             fh.write("\n".join(agreement_markdown(agreement, summary)) + "\n")
     return paths, agreement_lines(summary)
+
+
+# ----------------------------------------------------------------------------- occlusion robustness
+
+ROBUSTNESS_KEYS = ("visible_mean", "from", "to", "queries", "mAP", "R1")
+
+
+def robustness_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' visibility curves (``test/<protocol>/visibility/bin<i>/<key>``, logged on
+    benchmarks that record each query's visible body fraction): one row per (method,
+    ablation, dataset, protocol, setup, bin) with the seeds' mean of every key and the
+    sample standard deviation of mAP and R1."""
+    pattern = r"^metrics\.test/([^/]+)/visibility/bin(\d+)/([^/]+)$"
+    cols = [c for c in runs.columns if re.match(pattern, c)] if len(runs) else []
+    columns = [*GROUP, "bin", "n_seeds", *[f"{k}_mean" for k in ROBUSTNESS_KEYS], "mAP_std", "R1_std"]
+    if not cols:
+        return pd.DataFrame(columns=columns)
+    long = runs.melt(id_vars=["method", "ablation", "dataset", "setup", "seed"], value_vars=cols,
+                     var_name="column", value_name="value").dropna(subset=["value"])
+    parts = long["column"].str.extract(pattern)
+    long = long.assign(protocol=parts[0], bin=parts[1].astype(int), key=parts[2])
+    wide = long.pivot_table(index=["method", "ablation", "dataset", "protocol", "setup", "bin", "seed"],
+                            columns="key", values="value", aggfunc="first").reset_index()
+    rows = []
+    for key, group in wide.groupby(["method", "ablation", "dataset", "protocol", "setup", "bin"], sort=True):
+        row = dict(zip(["method", "ablation", "dataset", "protocol", "setup", "bin"], key), n_seeds=len(group))
+        for k in ROBUSTNESS_KEYS:
+            row[f"{k}_mean"] = float(group[k].mean()) if k in group else np.nan
+        for k in ("mAP", "R1"):
+            row[f"{k}_std"] = float(group[k].std(ddof=1)) if k in group and len(group) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def robustness_markdown(table: pd.DataFrame) -> list[str]:
+    """The leaderboard's "Occlusion robustness" section: test mAP per visibility bin, one row
+    per reproduced configuration, bins from the least visible queries to the most."""
+    if table.empty:
+        return []
+    lines = ["", "## Occlusion robustness", "",
+             "Test mAP (mean ± std over seeds) over equal-count bins of the queries' visible body fraction, "
+             "least visible first; a method built for occlusion should lose less towards the left.", ""]
+    for (dataset, protocol, setup), group in table.groupby(["dataset", "protocol", "setup"], sort=True):
+        bins = sorted(group["bin"].unique())
+        edges = group.groupby("bin")[["from_mean", "to_mean"]].mean()
+        header = ["method", "ablation", "seeds",
+                  *[f"visible {edges.loc[b, 'from_mean']:.2f}-{edges.loc[b, 'to_mean']:.2f}" for b in bins]]
+        body = []
+        for (method, ablation), rows in group.groupby(["method", "ablation"], sort=True):
+            cells = {int(r["bin"]): _ours(r["mAP_mean"], r["mAP_std"]) for _, r in rows.iterrows()}
+            body.append([method, ablation, str(int(rows["n_seeds"].max())), *[cells.get(b, "—") for b in bins]])
+        lines += [f"### {dataset} ({protocol}), setup {setup}", ""] + _table(header, body) + [""]
+    return lines
+
+
+def write_robustness(runs: pd.DataFrame, out_dir: str | Path, markdown: str | Path | None = None,
+                     plots: bool = True) -> dict[str, Path]:
+    """``robustness.csv`` (:func:`robustness_table`), its Markdown section appended to
+    ``markdown`` and, with ``plots``, one mAP-against-visibility figure per benchmark and setup."""
+    table = robustness_table(runs)
+    if table.empty:
+        return {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"robustness": out / "robustness.csv"}
+    table.to_csv(paths["robustness"], index=False, float_format="%.4f")
+    if markdown is not None:
+        with open(markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(robustness_markdown(table)) + "\n")
+    if plots:
+        from .plots import write_robustness_plots
+
+        for i, path in enumerate(write_robustness_plots(table, out / "plots")):
+            paths[f"robustness_plot_{i}"] = path
+    return paths
