@@ -101,3 +101,21 @@ def test_leaderboard_shows_the_curve_per_method_over_seeds(tmp_path):
     assert "| profd | default | 2 | 21.00 ± 1.41 | 42.00 ± 2.83 |" in text
     assert paths["robustness"].exists() and paths["robustness_plot_0"].suffix == ".png"
     assert write_robustness(runs.drop(columns=[c for c in runs if "/visibility/" in c]), tmp_path / "none") == {}
+
+
+def test_a_run_on_the_synthetic_occluded_benchmark_logs_its_curve_and_says_how_it_selects(tmp_path, capsys):
+    from reidbench.datasets.synthetic import synthesize
+    from reidbench.harness.run_config import build_run_config
+    from reidbench.harness.trainer import WorkerEnv, fit
+
+    root = synthesize(tmp_path / "synth", flavor="occluded", ids=6, seed=0, workers=1)["occluded"]
+    cfg = build_run_config(overrides=[
+        "method=baseline", "data.dataset=occluded_duke", f"data.root={root}", "data.p=4", "data.k=2",
+        "data.num_workers=0", "data.val_fraction=0", "backbone.pretrained=null", "optim.epochs_scale=0.05",
+        f"output_dir={tmp_path / 'runs'}", "evaluation.visibility_bins=2"])
+    metrics = fit(cfg, WorkerEnv())
+    bins = {k: v for k, v in metrics.items() if "/visibility/" in k}
+    assert {"test/standard/visibility/bin0/mAP", "test/standard/visibility/bin1/mAP"} <= set(bins)
+    assert bins["test/standard/visibility/bin0/to"] <= bins["test/standard/visibility/bin1/from"]
+    assert bins["test/standard/visibility/bin1/to"] < 1.0  # every Occluded-Duke query is occluded
+    assert "model selection: none, the last epoch is kept" in capsys.readouterr().err
