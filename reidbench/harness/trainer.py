@@ -173,11 +173,15 @@ def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample
 
 def pixel_statistics(cfg: RunConfig, method: Method) -> dict[str, tuple[float, ...]]:
     """``mean``/``std`` the loaders normalise with: ``data.pixel_mean/std`` when set (a
-    method's ``DATA_RECIPE`` sets CLIP-ReID's 0.5), else the backbone's own statistics."""
+    method's ``DATA_RECIPE`` sets CLIP-ReID's 0.5), else the backbone's own statistics (CLIP's
+    for a backbone that names none)."""
+    from ..datasets.transforms import CLIP_MEAN, CLIP_STD
+
     if cfg.data.pixel_mean is not None:
         return {"mean": tuple(cfg.data.pixel_mean), "std": tuple(cfg.data.pixel_std)}
     backbone = method.backbone
-    return {"mean": tuple(backbone.image_mean), "std": tuple(backbone.image_std)}
+    return {"mean": tuple(getattr(backbone, "image_mean", CLIP_MEAN)),
+            "std": tuple(getattr(backbone, "image_std", CLIP_STD))}
 
 
 def eval_pixels(cfg: RunConfig, method: Method) -> dict[str, Any]:
