@@ -650,7 +650,7 @@ def build_clip(
     if str(pretrained) == "synthetic":
         if spec.name not in ("tiny", "tiny-s12"):
             raise ValueError(
-                f"pretrained='synthetic' exists for the 'tiny' presets only (asked for {spec.name!r}); "
+                f"pretrained='synthetic' exists for the 'tiny' preset only (and tiny-s12; asked for {spec.name!r}); "
                 f"for {spec.name!r} pass a local Hugging Face CLIP directory"
             )
         from .pretrain import ensure_pretrained_tiny
