@@ -49,7 +49,7 @@ def test_visible_fractions_come_from_the_generators_meta_file(tmp_path):
 
 
 def test_curve_bins_queries_by_visibility_and_averages_their_ap(tmp_path):
-    samples, result, _ = scene(tmp_path)
+    _, result, _ = scene(tmp_path)
     curve = visibility_curve(result, np.array(VISIBLE), bins=4)
     assert [(c["from"], c["to"], c["queries"]) for c in curve] == [(0.62, 0.65, 2), (0.7, 0.74, 2), (0.8, 0.83, 2),
                                                                     (0.88, 0.91, 2)]
