@@ -108,7 +108,7 @@ def test_a_run_on_the_synthetic_occluded_benchmark_logs_its_curve_and_says_how_i
     from reidbench.harness.run_config import build_run_config
     from reidbench.harness.trainer import WorkerEnv, fit
 
-    root = synthesize(tmp_path / "synth", flavor="occluded", ids=6, seed=0, workers=1)["occluded"]
+    root = synthesize(tmp_path / "synth", flavor="occluded", ids=8, seed=0, workers=1)["occluded"]
     cfg = build_run_config(overrides=[
         "method=baseline", "data.dataset=occluded_duke", f"data.root={root}", "data.p=4", "data.k=2",
         "data.num_workers=0", "data.val_fraction=0", "backbone.pretrained=null", "optim.epochs_scale=0.05",
