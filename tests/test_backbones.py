@@ -68,8 +68,8 @@ def clip_tokenizer_dir(tmp_path_factory):
 
 # ------------------------------------------------------------------ presets
 def test_presets_listed_and_unknown_preset_named():
-    assert list_presets() == ["tiny", "vit-b16"]
-    with pytest.raises(KeyError, match="known presets: tiny, vit-b16"):
+    assert list_presets() == ["tiny", "tiny-s12", "vit-b16", "vit-b16-s12"]
+    with pytest.raises(KeyError, match="known presets: tiny, tiny-s12, vit-b16, vit-b16-s12"):
         get_preset("vit-l14")
 
 

@@ -6,7 +6,10 @@ towers (``CLIPVisionModel`` / ``CLIPTextModel``) and configs, never downloaded.
 
 * presets: ``vit-b16`` (the ViT-B/16 CLIP of CLIP-ReID and the papers built on it,
   149.6M parameters at 224x224) and ``tiny`` (a CPU-sized CLIP for the embedded
-  default, 128x64 input);
+  default, 128x64 input), each also with overlapping patches at stride 12
+  (``vit-b16-s12``, ``tiny-s12``: CLIP-ReID's ``STRIDE_SIZE [12, 12]``, the starred
+  rows of ProFD's tables and SCING's CLIP-ReID baseline; the same weights, a
+  21x10 patch grid at 256x128, 10x5 at 128x64, the position table interpolated to it);
 * person crops are not square (256x128, tiny 128x64): the vision tower gets a
   position table for the person grid (16x8 patches for ViT-B/16), resized from
   the pretrained one by interpolation when the grids differ, as CLIP-ReID does;
@@ -38,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +84,12 @@ class ClipPreset(TowerPreset):
     pretrain_size: int | None = None
     mlp_ratio: int = 4
     hidden_act: str = "quick_gelu"
+
+    @property
+    def patch_stride(self) -> int | None:
+        """Patchifying stride (None: the patch size, no overlap); kept out of the dataclass
+        fields, which key the cached pretrained tiny CLIP."""
+        return PATCH_STRIDES.get(self.name)
 
     def clip_config(self, vocab_size: int, eos_token_id: int, bos_token_id: int, pad_token_id: int, grid: tuple[int, int]):
         from transformers import CLIPConfig
@@ -148,6 +157,18 @@ PRESETS: dict[str, ClipPreset] = {
         vocab_size=None,
     ),
 }
+# Overlapping-patch variants: same towers (and weights), patchified at stride 12.
+PATCH_STRIDES: dict[str, int] = {f"{name}-s12": 12 for name in PRESETS}
+PRESETS.update({
+    f"{name}-s12": replace(spec, name=f"{name}-s12", description=f"{spec.description}; overlapping patches, stride 12")
+    for name, spec in list(PRESETS.items())
+})
+
+
+def patch_grid_of(image_size: tuple[int, int], patch_size: int, stride: int | None = None) -> tuple[int, int]:
+    """The (h, w) patch grid of a ``patch_size`` convolution at ``stride`` (default: no overlap)."""
+    step = stride or patch_size
+    return ((int(image_size[0]) - patch_size) // step + 1, (int(image_size[1]) - patch_size) // step + 1)
 
 
 def list_presets() -> list[str]:
@@ -206,15 +227,17 @@ class PersonPatchEmbeddings(nn.Module):
         sie_tokens: Literal["cls", "all"] = "cls",
         initializer_range: float = 0.02,
         num_channels: int = 3,
+        stride: int | None = None,
     ) -> None:
         super().__init__()
         if sie_tokens not in ("cls", "all"):
             raise ValueError(f"sie_tokens must be 'cls' or 'all', got {sie_tokens!r}")
         self.embed_dim = width
         self.patch_size = patch_size
+        self.stride = int(stride or patch_size)
         self.grid = tuple(grid)
         self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
-        self.patch_embedding = nn.Conv2d(num_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.patch_embedding = nn.Conv2d(num_channels, width, kernel_size=patch_size, stride=self.stride, bias=False)
         self.position_embedding = nn.Embedding(1 + grid[0] * grid[1], width)
         nn.init.normal_(self.patch_embedding.weight, std=initializer_range)
         nn.init.normal_(self.position_embedding.weight, std=initializer_range)
@@ -229,7 +252,8 @@ class PersonPatchEmbeddings(nn.Module):
 
     def extra_repr(self) -> str:
         sie = f", sie: {self.num_cameras} cameras x {self.sie_coef:g} on {self.sie_tokens}" if self.num_cameras else ""
-        return f"grid={self.grid}{sie}"
+        stride = f", stride={self.stride}" if self.stride != self.patch_size else ""
+        return f"grid={self.grid}{stride}{sie}"
 
     def forward(self, pixel_values: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         batch = pixel_values.shape[0]
@@ -263,8 +287,8 @@ class ReidCLIP(nn.Module):
     kind = "clip"
     image_modules = ("vision", "visual_projection")
     # What encode_image reads besides image_modules (an ImageTower carries them too).
-    image_attributes = ("image_size", "patch_grid", "patch_size", "num_cameras", "vision_width", "embed_dim",
-                        "image_mean", "image_std")
+    image_attributes = ("image_size", "patch_grid", "patch_size", "patch_stride", "num_cameras", "vision_width",
+                        "embed_dim", "image_mean", "image_std")
 
     def __init__(
         self,
@@ -275,15 +299,21 @@ class ReidCLIP(nn.Module):
         sie_coef: float = 3.0,
         sie_tokens: Literal["cls", "all"] = "cls",
         preset: str = "",
+        patch_stride: int | None = None,
     ) -> None:
         super().__init__()
         from transformers import CLIPTextModel, CLIPVisionModel
 
         vcfg, tcfg = config.vision_config, config.text_config
         patch = vcfg.patch_size
+        stride = int(patch_stride or patch)
         height, width = int(image_size[0]), int(image_size[1])
-        if height % patch or width % patch:
+        if not 0 < stride <= patch:
+            raise ValueError(f"patch stride must be in 1..{patch} (the patch size), got {patch_stride}")
+        if stride == patch and (height % patch or width % patch):
             raise ValueError(f"image_size {height}x{width} must be a multiple of the patch size {patch}")
+        if min(height, width) < patch:
+            raise ValueError(f"image_size {height}x{width} is smaller than one {patch}-pixel patch")
         if tokenizer.vocab_size > tcfg.vocab_size:
             raise ValueError(
                 f"tokenizer has {tokenizer.vocab_size} ids but the text tower's embedding table only {tcfg.vocab_size}"
@@ -297,8 +327,9 @@ class ReidCLIP(nn.Module):
         self.preset = preset
         self.tokenizer = tokenizer
         self.image_size = (height, width)
-        self.patch_grid = (height // patch, width // patch)
+        self.patch_grid = patch_grid_of((height, width), patch, stride)
         self.patch_size = patch
+        self.patch_stride = stride
         self.embed_dim = int(config.projection_dim)
         self.vision_width = int(vcfg.hidden_size)
         self.text_width = int(tcfg.hidden_size)
@@ -316,6 +347,7 @@ class ReidCLIP(nn.Module):
             sie_tokens=sie_tokens,
             initializer_range=vcfg.initializer_range * config.initializer_factor,
             num_channels=vcfg.num_channels,
+            stride=stride,
         )
         self.text = CLIPTextModel(tcfg)
         self.visual_projection = nn.Linear(self.vision_width, self.embed_dim, bias=False)
@@ -497,6 +529,7 @@ class ReidCLIP(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"preset={self.preset!r}, image_size={self.image_size}, patch_grid={self.patch_grid}, "
+            f"patch_stride={self.patch_stride}, "
             f"embed_dim={self.embed_dim}, num_cameras={self.num_cameras}"
         )
 
@@ -599,8 +632,9 @@ def build_clip(
     size = tuple(image_size) if image_size is not None else spec.image_size
     if len(size) != 2:
         raise ValueError(f"image_size must be (height, width), got {image_size!r}")
-    grid = (size[0] // spec.patch_size, size[1] // spec.patch_size)
-    common = dict(image_size=size, num_cameras=num_cameras, sie_coef=sie_coef, sie_tokens=sie_tokens, preset=spec.name)
+    grid = patch_grid_of(size, spec.patch_size, spec.patch_stride)
+    common = dict(image_size=size, num_cameras=num_cameras, sie_coef=sie_coef, sie_tokens=sie_tokens, preset=spec.name,
+                  patch_stride=spec.patch_stride)
 
     if pretrained is None:
         tokenizer = default_word_tokenizer(spec.context_length, cache_dir=cache_dir)
@@ -614,9 +648,9 @@ def build_clip(
         return ReidCLIP(config, tokenizer, **common)
 
     if str(pretrained) == "synthetic":
-        if spec.name != "tiny":
+        if spec.name not in ("tiny", "tiny-s12"):
             raise ValueError(
-                f"pretrained='synthetic' exists for the 'tiny' preset only (asked for {spec.name!r}); "
+                f"pretrained='synthetic' exists for the 'tiny' preset only (and tiny-s12; asked for {spec.name!r}); "
                 f"for {spec.name!r} pass a local Hugging Face CLIP directory"
             )
         from .pretrain import ensure_pretrained_tiny
@@ -666,4 +700,5 @@ __all__ = [
     "get_preset",
     "interpolate_pos_embedding",
     "list_presets",
+    "patch_grid_of",
 ]

@@ -366,6 +366,7 @@ def build_eval_loader(
     with_masks: bool = False,
     pin_memory: bool = False,
     text_kinds: Sequence[str] = (),
+    interpolation: str = "bilinear",
 ) -> DataLoader:
     """Unaugmented images in split order (``index`` = position), no batch dropped.
 
@@ -373,7 +374,8 @@ def build_eval_loader(
     supervise training only, and a test-time pass should not read annotation a deployed
     model would not have. Pass them for a training-split pass that needs them
     (``begin_stage``)."""
-    dataset = ReidImageDataset(samples, build_eval_transform(size, mean=mean, std=std), with_masks=with_masks,
+    dataset = ReidImageDataset(samples, build_eval_transform(size, mean=mean, std=std, interpolation=interpolation),
+                               with_masks=with_masks,
                                text_kinds=text_kinds)
     return DataLoader(
         dataset,

@@ -1,10 +1,11 @@
 """Training / evaluation transforms applied identically to an image and its label maps.
 
-The recipe is CLIP-ReID's (which ProFD, CCAF, CLIP-SCGI and SCING follow): resize
-(bicubic) -> random horizontal flip -> pad 10 + random crop back to size -> float
-in [0, 1] -> normalise with CLIP's mean/std -> random erasing (p 0.5, random
-normal values per pixel, i.e. timm's ``mode='pixel'``; area 2%-33%, aspect
-0.3-3.3). Built from ``torchvision.transforms.v2`` so one call moves the image, the
+The recipe is CLIP-ReID's released code (which ProFD, CCAF, CLIP-SCGI and SCING
+follow): resize (bicubic) -> random horizontal flip -> pad 10 + random crop back to
+size -> float in [0, 1] -> normalise -> random erasing (p 0.5, random normal values
+per pixel, i.e. timm's ``mode='pixel'``; area 2%-33%, aspect 0.3-3.3). At test time:
+resize (bilinear: the released code's ``T.Resize`` without an interpolation argument),
+float, normalise. Built from ``torchvision.transforms.v2`` so one call moves the image, the
 part mask and the parsing map with the same random parameters: label maps are
 ``tv_tensors.Mask`` (resized nearest, padded with 0 = background), photometric
 ops and normalisation leave them alone.
@@ -27,8 +28,16 @@ Decisions:
   :class:`ParsingMap`. ProFD part masks are horizontal bands (head, upper torso,
   lower torso, legs, feet) with no left/right classes, so they are only moved.
 * **Cropping probability.** CLIP-ReID pads and random-crops every image
-  (``crop_p=1``, the default); ProFD's text says flipping, erasing and cropping are
-  "each applied with a probability of 50%": pass ``crop_p=0.5`` for that reading.
+  (``crop_p=1``, the default); ProFD (Sec. 4.2) and SCING (Sec. 4.2) apply flipping,
+  erasing and cropping "each with a probability of 50%" (``crop_p=0.5``, which their
+  methods' ``DATA_RECIPE`` sets as the run config's ``data.crop_p``).
+* **Normalisation.** The default statistics are OpenAI CLIP's (what its weights were
+  pretrained with); CLIP-ReID's released ViT config normalises with mean = std = 0.5
+  (:data:`CLIP_REID_MEAN`, :data:`CLIP_REID_STD`), which the methods built on it
+  request through the run config's ``data.pixel_mean`` / ``data.pixel_std``.
+* **Test-time resize** is bilinear (``eval_interpolation``), as in CLIP-ReID's
+  released code, while training resizes bicubic, as it does too; ``"bicubic"`` is the
+  switch (run config ``data.eval_interpolation``).
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ from torchvision.transforms import v2
 
 __all__ = [
     "CLIP_MEAN",
+    "CLIP_REID_MEAN",
+    "CLIP_REID_STD",
     "CLIP_STD",
+    "INTERPOLATIONS",
     "LIP_FLIP_PAIRS",
     "NUM_PARTS",
     "MaskAwareRandomErasing",
@@ -54,6 +66,10 @@ __all__ = [
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP-ReID's configs/person/vit_clipreid.yml (INPUT.PIXEL_MEAN / PIXEL_STD).
+CLIP_REID_MEAN = (0.5, 0.5, 0.5)
+CLIP_REID_STD = (0.5, 0.5, 0.5)
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
 NUM_PARTS = 5  # ProFD: head, upper arms+torso, lower arms+torso, legs, feet
 LIP_FLIP_PAIRS = ((14, 15), (16, 17), (18, 19))  # left/right arm, leg, shoe
 
@@ -109,6 +125,12 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _check_probability(name: str, p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"transform {name} must be a probability in [0, 1], got {p!r}")
+    return float(p)
+
+
 def _to_normalised(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
@@ -132,6 +154,8 @@ def build_train_transform(
     the erasing. Randomness comes from torch's default generator (the loader seeds
     it per sample, so augmentation does not depend on the number of workers)."""
     h, w = _check_size(size)
+    for name, p in (("flip_p", flip_p), ("crop_p", crop_p), ("erase_p", erase_p)):
+        _check_probability(name, p)
     steps: list[v2.Transform] = [v2.Resize((h, w), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
     if flip_p > 0:
         steps.append(PairedHorizontalFlip(p=flip_p))
@@ -154,11 +178,15 @@ def build_eval_transform(
     size: Sequence[int] = (256, 128),
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
-    """Resize (bicubic for the image, nearest for label maps), scale to [0, 1], normalise."""
+    """Resize (``interpolation`` for the image: bilinear as CLIP-ReID's released test
+    transform, or bicubic; nearest for label maps), scale to [0, 1], normalise."""
     h, w = _check_size(size)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"eval interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
     return v2.Compose(
-        [v2.Resize((h, w), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), *_to_normalised(mean, std)]
+        [v2.Resize((h, w), interpolation=INTERPOLATIONS[interpolation], antialias=True), *_to_normalised(mean, std)]
     )
 
 

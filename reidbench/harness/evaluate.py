@@ -49,7 +49,7 @@ matrix product itself then dominates the time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
@@ -66,6 +66,9 @@ __all__ = [
     "rank_metrics",
     "rank_metrics_from_features",
     "retrieval_metrics",
+    "sample_visibility",
+    "visibility_curve",
+    "visibility_metrics",
 ]
 
 PROTOCOLS = ("standard", "cc", "same_clothes")
@@ -90,7 +93,9 @@ class RankResult:
     ``cmc[k-1]`` is the fraction of valid queries whose first positive is within
     rank ``k``; its length is ``max_rank`` even when the gallery is smaller (the
     curve is then flat at its last value, which is 1). ``num_valid`` counts the
-    queries with at least one positive, ``num_queries`` all of them.
+    queries with at least one positive, ``num_queries`` all of them. ``query_ap`` and
+    ``query_first`` hold each query's AP and the rank of its first positive (NaN for a
+    skipped query), for metrics over query subsets (:func:`visibility_curve`).
     """
 
     cmc: np.ndarray
@@ -98,6 +103,8 @@ class RankResult:
     mINP: float
     num_valid: int
     num_queries: int = 0
+    query_ap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    query_first: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, float]:
         """``{"R1", "R5", "R10", "mAP", "mINP"}`` in percent. A rank beyond
@@ -106,6 +113,67 @@ class RankResult:
         out["mAP"] = 100.0 * self.mAP
         out["mINP"] = 100.0 * self.mINP
         return out
+
+
+# ----------------------------------------------------------------------------
+# Occlusion robustness: metrics over query subsets binned by visible body fraction
+# ----------------------------------------------------------------------------
+def sample_visibility(samples: Sequence[Any], root: str | None) -> np.ndarray | None:
+    """Each sample's visible body fraction (the synthetic generator's ``visible_fraction``
+    attribute in ``reidbench_meta.jsonl``, 1 = unoccluded), or None when ``root`` holds no
+    such record for one of them (real benchmarks annotate no visibility)."""
+    import os
+
+    from ..datasets.adapters._common import read_side_car_meta
+
+    if not root or not samples:
+        return None
+    base = os.path.abspath(os.path.expanduser(str(root)))
+    folders = [base] + [os.path.join(base, d) for d in sorted(os.listdir(base))
+                        if os.path.isdir(os.path.join(base, d))] if os.path.isdir(base) else []
+    found: dict[str, float] = {}
+    for folder in folders:
+        for rel, record in read_side_car_meta(folder).items():
+            fraction = (record.get("attributes") or {}).get("visible_fraction")
+            if fraction is not None:
+                found[os.path.normpath(os.path.join(folder, rel))] = float(fraction)
+    if not found:
+        return None
+    values = [found.get(os.path.normpath(os.path.abspath(s.path))) for s in samples]
+    return None if any(v is None for v in values) else np.asarray(values, dtype=np.float64)
+
+
+def visibility_curve(result: RankResult, visible: np.ndarray, bins: int = 4) -> list[dict[str, float]]:
+    """mAP and R1 (percent) over the valid queries of ``bins`` equal-count bins of the
+    queries' visible fraction ``visible [Q]``, least visible first: ``[{"from", "to",
+    "visible_mean", "queries", "mAP", "R1"}, ...]``. Each query keeps the AP it has in the
+    whole evaluation, so the bins' query-weighted mean is the overall mAP. The edges are
+    quantiles of the queries' fractions: the same for every method on one benchmark."""
+    if result.query_ap is None or result.query_first is None:
+        raise ValueError("visibility_curve needs a RankResult with per-query AP (query_ap / query_first)")
+    visible = np.asarray(visible, dtype=np.float64)
+    if visible.shape != result.query_ap.shape:
+        raise ValueError(f"visibility_curve: {visible.shape[0]} visible fractions for {result.query_ap.shape[0]} "
+                         "queries")
+    if bins < 1:
+        raise ValueError(f"visibility bins must be >= 1, got {bins}")
+    valid = ~np.isnan(result.query_ap)
+    order = np.argsort(visible[valid], kind="stable")
+    ap, first, vis = result.query_ap[valid][order], result.query_first[valid][order], visible[valid][order]
+    curve = []
+    for part in np.array_split(np.arange(len(vis)), min(bins, len(vis))):
+        if len(part) == 0:
+            continue
+        curve.append({"from": float(vis[part[0]]), "to": float(vis[part[-1]]),
+                      "visible_mean": float(vis[part].mean()), "queries": float(len(part)),
+                      "mAP": 100.0 * float(ap[part].mean()), "R1": 100.0 * float((first[part] <= 1).mean())})
+    return curve
+
+
+def visibility_metrics(name: str, curve: list[dict[str, float]]) -> dict[str, float]:
+    """``test/<name>/visibility/bin<i>/<key>`` for every bin of :func:`visibility_curve`
+    (five path parts, so the leaderboard's ``test/<protocol>/<metric>`` columns ignore them)."""
+    return {f"test/{name}/visibility/bin{i}/{key}": value for i, row in enumerate(curve) for key, value in row.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -601,7 +669,9 @@ class _Evaluator:
         ranks = np.arange(1, self.max_rank + 1)
         cmc = (self.first[valid][:, None] <= ranks[None, :]).sum(0) / num_valid
         return RankResult(cmc=cmc.astype(np.float64), mAP=float(np.mean(self.ap[valid])),
-                          mINP=float(np.mean(self.inp[valid])), num_valid=num_valid, num_queries=self.num_q)
+                          mINP=float(np.mean(self.inp[valid])), num_valid=num_valid, num_queries=self.num_q,
+                          query_ap=np.where(valid, self.ap, np.nan),
+                          query_first=np.where(valid, self.first.astype(np.float64), np.nan))
 
     def _no_valid_query_message(self) -> str:
         no_match = int((self.n_same == 0).sum())

@@ -92,6 +92,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -524,7 +525,9 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     board = join_published(aggregate(loaded.runs), published)
     board = leaderboard_sorted(board)
     paths = write_leaderboard(board, args.out, args.experiment, published)
-    written = list(paths.values())
+    signs, agreement = write_sign_agreement(loaded.runs, args.out, published, markdown=paths["markdown"])
+    robustness = write_robustness(loaded.runs, args.out, markdown=paths["markdown"], plots=not args.no_plots)
+    written = [*paths.values(), *signs.values(), *robustness.values()]
     if not args.no_plots:
         from .plots import write_plots
 
@@ -537,7 +540,270 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
             folder = "leaderboard/plots" if path.suffix == ".png" else "leaderboard"
             client.log_artifact(args.log_to_run, str(path), folder)
     print(f"{len(board)} rows from {len(loaded.runs)} runs of {args.experiment!r}")
+    for line in agreement:
+        print(line)
     for path in written:
         print(f"  {path}")
     return 0
 
+
+
+# ----------------------------------------------------------------------------- sign agreement
+#
+# A reproduction is first judged by whether its ablations point the way the paper's do. For every
+# row a paper's table compares with its full model (the paper's own method, ablation ``default``),
+# ``sign_agreement`` pairs our runs of that row with our runs of the full model seed by seed (same
+# setup, same benchmark), and reports the mean paired difference with its standard error beside the
+# paper's difference. A row *agrees* when the two differences have the same sign; the difference
+# is *beyond the seed noise* when it exceeds ``noise_se`` standard errors (2 by default; with three
+# seeds that is a loose screen, not a test: the t quantile for 95 % at 2 degrees of freedom is 4.3).
+# Rows whose printed numbers the text copy lost but whose direction the paper's text states are
+# taken from ``CLAIMED_SIGNS``; rows where the paper shows no difference are listed, not scored.
+
+SIGN_NOISE_SE = 2.0
+SIGN_METRICS = ("mAP", "R1")
+# (paper, table, method, ablation regex, benchmark, sign of (row - full model), where the paper says so)
+CLAIMED_SIGNS = (
+    ("profd", "Table 4", "profd", r"no_memory|global_memory_only|part_memory_only", "occluded_duke", -1,
+     "Sec. 5.4: Lines 1-3 are below Line 4 (both memory banks); numbers lost in the text copy"),
+    ("profd", "Table 5", "profd", r"no_align_no_div|no_div|no_align", "occluded_duke", -1,
+     "Sec. 5.4: both losses together beat either alone and neither; numbers lost in the text copy"),
+    ("profd", "Fig. 4", "profd", r"m_[gp]=(?!0\.2$)[0-9.]+", "occluded_duke", -1,
+     "Sec. 5.4: best at m_g = m_p = 0.2 (the full model); no numbers in the text copy"),
+)
+SIGN_COLUMNS = ["paper", "table", "row", "method", "ablation", "dataset", "protocol", "setup", "metric",
+                "published_row", "published_full", "published_diff", "paper_sign", "n_pairs", "seeds", "diff_mean",
+                "diff_se", "same_sign", "beyond_noise", "verdict", "note"]
+
+
+def _home_method(paper: str) -> str | None:
+    return next((m for m, p in HOME_PAPER.items() if p == paper), None)
+
+
+def _paired_differences(runs: pd.DataFrame, method: str, ablation: str, full_ablation: str, full_method: str,
+                        dataset: str, protocol: str, metric: str) -> dict[str, pd.DataFrame]:
+    """setup -> frame of (seed, row, full) for the seeds both configurations ran."""
+    cols = [c for c in runs.columns if c.startswith("metrics.test/") and c.endswith(f"/{metric}")
+            and PROTOCOL_ALIASES.get(c.split("/")[1], c.split("/")[1]) == protocol]
+    if not cols:
+        return {}
+    value = runs[cols].bfill(axis=1).iloc[:, 0].astype(float)
+    ablations = runs["ablation"].map(lambda a: ABLATION_ALIASES.get(a, a))
+    here = runs["paper_dataset"] == dataset
+    row = runs[here & (runs["method"] == method) & (ablations == ablation)].assign(value=value)
+    full = runs[here & (runs["method"] == full_method) & (ablations == full_ablation)].assign(value=value)
+    out = {}
+    for setup, group in row.groupby("setup", sort=False):
+        mine = group.dropna(subset=["value"])[["seed", "value"]]
+        base = full[full["setup"] == setup].dropna(subset=["value"])[["seed", "value"]]
+        pairs = mine.merge(base, on="seed", suffixes=("_row", "_full"))
+        if len(pairs):
+            out[setup] = pairs.sort_values("seed", key=lambda s: s.map(_seed_order))
+    return out
+
+
+def _comparisons(runs: pd.DataFrame, published: pd.DataFrame, metrics: tuple[str, ...]) -> list[dict]:
+    """Every (paper, table, row, metric) compared with the table's full model: printed or claimed."""
+    found = []
+    pub = published[published["metric"].isin(metrics)]
+    for (paper, table), rows in pub.groupby(["paper", "table"], sort=False):
+        home = _home_method(paper)
+        full = rows[(rows["method"] == home) & (rows["ablation"] == "default") & rows["value"].notna()]
+        for _, r in rows[rows["value"].notna()].iterrows():
+            if r["method"] == home and r["ablation"] == "default":
+                continue
+            ref = full[(full["dataset"] == r["dataset"]) & (full["protocol"] == r["protocol"])
+                       & (full["metric"] == r["metric"])]
+            if ref.empty:
+                continue
+            diff = float(r["value"]) - float(ref["value"].iloc[0])
+            found.append({"paper": paper, "table": table, "row": r["row"], "method": r["method"],
+                          "ablation": r["ablation"], "dataset": r["dataset"], "protocol": r["protocol"],
+                          "metric": r["metric"], "published_row": float(r["value"]),
+                          "published_full": float(ref["value"].iloc[0]), "published_diff": diff,
+                          "paper_sign": int(np.sign(round(diff, 6))), "note": r["note"]})
+
+    ablations = set(runs["ablation"].map(lambda a: ABLATION_ALIASES.get(a, a))) if len(runs) else set()
+    for paper, table, method, pattern, dataset, sign, note in CLAIMED_SIGNS:
+        printed = {(c["table"], c["ablation"]) for c in found if c["paper"] == paper}
+        for ablation in sorted(a for a in ablations if re.fullmatch(pattern, a)):
+            if (table, ablation) in printed:
+                continue
+            for metric in metrics:
+                found.append({"paper": paper, "table": table, "row": ablation, "method": method,
+                              "ablation": ablation, "dataset": dataset, "protocol": "standard", "metric": metric,
+                              "published_row": np.nan, "published_full": np.nan, "published_diff": np.nan,
+                              "paper_sign": sign, "note": note})
+    return found
+
+
+def sign_agreement(runs: pd.DataFrame, published: pd.DataFrame | None = None,
+                   metrics: tuple[str, ...] = SIGN_METRICS, noise_se: float = SIGN_NOISE_SE) -> pd.DataFrame:
+    """One row per (paper comparison, setup, metric) that our runs cover: the paper's difference
+    (row - full model) beside our mean paired difference over seeds and its standard error,
+    ``same_sign``, ``beyond_noise`` (|mean| > ``noise_se`` x SE) and a ``verdict``
+    (see the comment above :data:`SIGN_NOISE_SE`). ``runs``: :func:`load_runs`' frame."""
+    pub = load_published() if published is None else published
+    rows = []
+    for c in _comparisons(runs, pub, metrics):
+        home = _home_method(c["paper"])
+        for setup, pairs in _paired_differences(runs, c["method"], c["ablation"], "default", home, c["dataset"],
+                                                c["protocol"], c["metric"]).items():
+            d = (pairs["value_row"] - pairs["value_full"]).to_numpy(dtype=float)
+            mean = float(d.mean())
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+            beyond = bool(not math.isnan(se) and abs(mean) > noise_se * se)
+            same = bool(c["paper_sign"] != 0 and np.sign(mean) == c["paper_sign"])
+            if c["paper_sign"] == 0:
+                verdict = "paper: no difference"
+            elif same:
+                verdict = "agrees" if beyond else "agrees (within noise)"
+            else:
+                verdict = "disagrees" if beyond else "disagrees (within noise)"
+            rows.append({**c, "setup": setup, "n_pairs": len(d), "seeds": ",".join(map(str, pairs["seed"])),
+                         "diff_mean": mean, "diff_se": se, "same_sign": same, "beyond_noise": beyond,
+                         "verdict": verdict})
+    return pd.DataFrame(rows, columns=SIGN_COLUMNS)
+
+
+def agreement_summary(agreement: pd.DataFrame) -> pd.DataFrame:
+    """Per (paper, table, setup, metric) and overall per (setup, metric): scored rows (the paper
+    shows a difference), the share with the paper's sign and the share also beyond the noise."""
+    scored = agreement[agreement["paper_sign"] != 0]
+    parts = []
+    for keys, label in ((["paper", "table", "setup", "metric"], None), (["setup", "metric"], "all")):
+        if scored.empty:
+            break
+        g = scored.groupby(keys, sort=False).agg(rows=("same_sign", "size"), same_sign=("same_sign", "mean"),
+                                                 agrees_beyond_noise=("verdict", lambda v: (v == "agrees").mean()))
+        g = g.reset_index()
+        if label:
+            g.insert(0, "table", label)
+            g.insert(0, "paper", label)
+        parts.append(g)
+    columns = ["paper", "table", "setup", "metric", "rows", "same_sign", "agrees_beyond_noise"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def agreement_lines(summary: pd.DataFrame) -> list[str]:
+    """What a sweep or ``reidbench leaderboard`` prints: the overall share per setup and metric."""
+    overall = summary[summary["paper"] == "all"]
+    return [f"sign agreement ({r['setup']}, {r['metric']}): {r['same_sign']:.0%} of {int(r['rows'])} rows have the "
+            f"paper's sign, {r['agrees_beyond_noise']:.0%} also beyond the seed noise" for _, r in overall.iterrows()]
+
+
+def agreement_markdown(agreement: pd.DataFrame, summary: pd.DataFrame, noise_se: float = SIGN_NOISE_SE) -> list[str]:
+    """The leaderboard's "Sign agreement" section."""
+    if agreement.empty:
+        return []
+    lines = ["", "## Sign agreement with the papers' ablations", "",
+             "Each row a paper compares with its full model: the paper's difference (row − full model) and ours, "
+             f"the mean paired difference over seeds ± its standard error; *beyond noise*: |mean| > {noise_se:g} SE. "
+             "Rows without printed numbers take the direction the paper's text states.", ""]
+    header = ["paper", "table", "row", "ablation", "benchmark", "setup", "metric", "paper Δ", "our Δ ± SE", "seeds",
+              "verdict"]
+    body = []
+    for _, r in agreement.iterrows():
+        paper = (f"{r['published_diff']:+.2f}" if not math.isnan(r["published_diff"])
+                 else {1: "> 0 (text)", -1: "< 0 (text)"}.get(r["paper_sign"], "0"))
+        ours = f"{r['diff_mean']:+.2f}" + ("" if math.isnan(r["diff_se"]) else f" ± {r['diff_se']:.2f}")
+        body.append([PAPERS.get(r["paper"], r["paper"]), r["table"], r["row"], f"{r['method']}/{r['ablation']}",
+                     r["dataset"], r["setup"], r["metric"], paper, ours, str(r["n_pairs"]), r["verdict"]])
+    lines += _table(header, body)
+    lines += ["", "Share of scored rows (the paper shows a difference):", ""]
+    lines += _table(["paper", "table", "setup", "metric", "rows", "same sign", "same sign, beyond noise"],
+                    [[PAPERS.get(r["paper"], r["paper"]), r["table"], r["setup"], r["metric"], str(int(r["rows"])),
+                      f"{r['same_sign']:.0%}", f"{r['agrees_beyond_noise']:.0%}"] for _, r in summary.iterrows()])
+    return lines
+
+
+def write_sign_agreement(runs: pd.DataFrame, out_dir: str | Path, published: pd.DataFrame | None = None,
+                         markdown: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
+    """Write ``sign_agreement.csv`` into ``out_dir`` and append the section to ``markdown`` (the
+    leaderboard's Markdown, when given); return the paths written and :func:`agreement_lines`."""
+    agreement = sign_agreement(runs, published)
+    summary = agreement_summary(agreement)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sign_agreement.csv"
+    agreement.to_csv(path, index=False, float_format="%.4f")
+    paths = {"sign_agreement": path}
+    if markdown is not None and not agreement.empty:
+        with open(markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(agreement_markdown(agreement, summary)) + "\n")
+    return paths, agreement_lines(summary)
+
+
+# ----------------------------------------------------------------------------- occlusion robustness
+
+ROBUSTNESS_KEYS = ("visible_mean", "from", "to", "queries", "mAP", "R1")
+
+
+def robustness_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs' visibility curves (``test/<protocol>/visibility/bin<i>/<key>``, logged on
+    benchmarks that record each query's visible body fraction): one row per (method,
+    ablation, dataset, protocol, setup, bin) with the seeds' mean of every key and the
+    sample standard deviation of mAP and R1."""
+    pattern = r"^metrics\.test/([^/]+)/visibility/bin(\d+)/([^/]+)$"
+    cols = [c for c in runs.columns if re.match(pattern, c)] if len(runs) else []
+    columns = [*GROUP, "bin", "n_seeds", *[f"{k}_mean" for k in ROBUSTNESS_KEYS], "mAP_std", "R1_std"]
+    if not cols:
+        return pd.DataFrame(columns=columns)
+    long = runs.melt(id_vars=["method", "ablation", "dataset", "setup", "seed"], value_vars=cols,
+                     var_name="column", value_name="value").dropna(subset=["value"])
+    parts = long["column"].str.extract(pattern)
+    long = long.assign(protocol=parts[0], bin=parts[1].astype(int), key=parts[2])
+    wide = long.pivot_table(index=["method", "ablation", "dataset", "protocol", "setup", "bin", "seed"],
+                            columns="key", values="value", aggfunc="first").reset_index()
+    rows = []
+    for key, group in wide.groupby(["method", "ablation", "dataset", "protocol", "setup", "bin"], sort=True):
+        row = dict(zip(["method", "ablation", "dataset", "protocol", "setup", "bin"], key), n_seeds=len(group))
+        for k in ROBUSTNESS_KEYS:
+            row[f"{k}_mean"] = float(group[k].mean()) if k in group else np.nan
+        for k in ("mAP", "R1"):
+            row[f"{k}_std"] = float(group[k].std(ddof=1)) if k in group and len(group) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def robustness_markdown(table: pd.DataFrame) -> list[str]:
+    """The leaderboard's "Occlusion robustness" section: test mAP per visibility bin, one row
+    per reproduced configuration, bins from the least visible queries to the most."""
+    if table.empty:
+        return []
+    lines = ["", "## Occlusion robustness", "",
+             "Test mAP (mean ± std over seeds) over equal-count bins of the queries' visible body fraction, "
+             "least visible first; a method built for occlusion should lose less towards the left.", ""]
+    for (dataset, protocol, setup), group in table.groupby(["dataset", "protocol", "setup"], sort=True):
+        bins = sorted(group["bin"].unique())
+        edges = group.groupby("bin")[["from_mean", "to_mean"]].mean()
+        header = ["method", "ablation", "seeds",
+                  *[f"visible {edges.loc[b, 'from_mean']:.2f}-{edges.loc[b, 'to_mean']:.2f}" for b in bins]]
+        body = []
+        for (method, ablation), rows in group.groupby(["method", "ablation"], sort=True):
+            cells = {int(r["bin"]): _ours(r["mAP_mean"], r["mAP_std"]) for _, r in rows.iterrows()}
+            body.append([method, ablation, str(int(rows["n_seeds"].max())), *[cells.get(b, "—") for b in bins]])
+        lines += [f"### {dataset} ({protocol}), setup {setup}", ""] + _table(header, body) + [""]
+    return lines
+
+
+def write_robustness(runs: pd.DataFrame, out_dir: str | Path, markdown: str | Path | None = None,
+                     plots: bool = True) -> dict[str, Path]:
+    """``robustness.csv`` (:func:`robustness_table`), its Markdown section appended to
+    ``markdown`` and, with ``plots``, one mAP-against-visibility figure per benchmark and setup."""
+    table = robustness_table(runs)
+    if table.empty:
+        return {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"robustness": out / "robustness.csv"}
+    table.to_csv(paths["robustness"], index=False, float_format="%.4f")
+    if markdown is not None:
+        with open(markdown, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(robustness_markdown(table)) + "\n")
+    if plots:
+        from .plots import write_robustness_plots
+
+        for i, path in enumerate(write_robustness_plots(table, out / "plots")):
+            paths[f"robustness_plot_{i}"] = path
+    return paths

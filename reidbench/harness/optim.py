@@ -21,15 +21,22 @@ from .run_config import RunConfig
 
 def lr_factor(stage: Stage, epoch: int, epochs: int) -> float:
     """Learning-rate multiplier for ``epoch`` (0-based): linear warmup from
-    ``warmup_factor``, then cosine to 0, step decay at ``milestones``, or constant."""
-    if epoch < stage.warmup_epochs:
-        alpha = epoch / stage.warmup_epochs
+    ``warmup_factor``, then cosine to 0, step decay at ``milestones``, or constant.
+
+    The schedule is read at ``t = epoch + stage.schedule_offset``: with offset 1 it is
+    CLIP-ReID's ``WarmupMultiStepLR`` stepped at the start of every epoch (its first epoch
+    trains at ``last_epoch = 1``), so warm-up reaches the full lr at epoch ``warmup - 1``
+    and a milestone ``m`` decays from epoch ``m - 1`` on; the cosine then reaches 0 at the
+    last epoch (CLIP-ReID's stage-1 timm cosine reaches its ``lr_min`` there)."""
+    t = epoch + stage.schedule_offset
+    if t < stage.warmup_epochs:
+        alpha = t / stage.warmup_epochs
         return stage.warmup_factor * (1 - alpha) + alpha
     if stage.schedule == "cosine":
-        t = (epoch - stage.warmup_epochs) / max(1, epochs - stage.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * t))
+        progress = min(1.0, (t - stage.warmup_epochs) / max(1, epochs - stage.warmup_epochs))
+        return 0.5 * (1 + math.cos(math.pi * progress))
     if stage.schedule == "steps":
-        return stage.gamma ** bisect.bisect_right(stage.milestones, epoch)
+        return stage.gamma ** bisect.bisect_right(stage.milestones, t)
     return 1.0
 
 

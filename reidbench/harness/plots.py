@@ -229,3 +229,34 @@ def write_plots(runs: pd.DataFrame, out_dir: str | Path, run_id: str | None = No
                     written.append(plot_sensitivity(subset, param, path, protocol, title=title, run_id=run_id,
                                                     tracking_uri=tracking_uri))
     return written
+
+
+# ----------------------------------------------------------------------------- occlusion robustness
+
+def robustness_figure(table: pd.DataFrame, title: str = ""):
+    """Test mAP against the mean visible body fraction of each query bin, one line per
+    (method, ablation), error bars the standard deviation over seeds."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for (method, ablation), rows in table.groupby(["method", "ablation"], sort=True):
+        rows = rows.sort_values("bin")
+        label = method if ablation == "default" else f"{method}/{ablation}"
+        ax.errorbar(rows["visible_mean_mean"], rows["mAP_mean"], yerr=rows["mAP_std"].fillna(0.0), marker="o",
+                    capsize=3, label=label)
+    ax.set_xlabel("visible body fraction of the query (bin mean)")
+    ax.set_ylabel("test mAP (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def write_robustness_plots(table: pd.DataFrame, out_dir: str | Path, run_id: str | None = None,
+                           tracking_uri: str | None = None) -> list[Path]:
+    """One robustness curve per (dataset, protocol, setup) of ``leaderboard.robustness_table``."""
+    written = []
+    for (dataset, protocol, setup), group in table.groupby(["dataset", "protocol", "setup"], sort=True):
+        fig = robustness_figure(group, f"occlusion robustness: {dataset} ({protocol}), setup {setup}")
+        path = Path(out_dir) / f"{_slug('robustness', dataset, protocol, setup)}.png"
+        written.append(_save(fig, path, run_id, tracking_uri, "plots"))
+    return written

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import from_dict, load_config, merge, to_dict
+from ..config import ConfigError, from_dict, load_config, merge, parse_overrides, read_yaml, to_dict
 from ..datasets.synthetic_sets import DEFAULT_DIFFICULTY
 
 
@@ -41,6 +41,21 @@ class DataConfig:
     # reidbench.datasets.texts has the schema and merge rule). The dataset folder is never written.
     texts: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # Augmentation and normalisation (datasets/transforms.py). A method's DATA_RECIPE sets its
+    # paper's values under the user's: CLIP-ReID's mean = std = 0.5, ProFD's and SCING's crop_p 0.5.
+    crop_p: float = 1.0  # probability of pad-10 + random crop
+    pixel_mean: tuple[float, float, float] | None = None  # None: the backbone's (what its weights expect)
+    pixel_std: tuple[float, float, float] | None = None
+    eval_interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # test-time resize (CLIP-ReID's: bilinear)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.crop_p <= 1.0:
+            raise ValueError(f"data.crop_p must be a probability in [0, 1], got {self.crop_p}")
+        if (self.pixel_mean is None) != (self.pixel_std is None):
+            raise ValueError("data.pixel_mean and data.pixel_std go together: set both, or both to null for the "
+                             f"backbone's own statistics (got pixel_mean={self.pixel_mean}, pixel_std={self.pixel_std})")
+        if self.pixel_std is not None and min(self.pixel_std) <= 0:
+            raise ValueError(f"data.pixel_std must be positive, got {self.pixel_std}")
 
 
 @dataclass
@@ -99,6 +114,9 @@ class EvalConfig:
     k1: int = 20
     k2: int = 6
     lambda_value: float = 0.3
+    # Test mAP/R1 over this many equal-count bins of the queries' visible body fraction, on
+    # benchmarks that record it (the synthetic ones); 0: none (evaluate.visibility_curve).
+    visibility_bins: int = 4
 
 
 @dataclass
@@ -122,18 +140,51 @@ class RunConfig:
 
 
 # Run-level presets: the harness part of a preset (backbone, input, batch). The
-# method part (epochs, lrs) comes from the method module's ``PRESETS``.
+# method part (epochs, lrs) comes from the method module's ``PRESETS``, its data recipe
+# (augmentation, normalisation) from its ``DATA_RECIPE``. ``paper`` keeps the last epoch
+# (data.val_fraction=0): the papers train on every identity and report the last epoch.
 RUN_PRESETS: dict[str, dict] = {
     "tiny": {"backbone": {"preset": "tiny", "pretrained": "synthetic"}, "data": {"p": 8, "k": 4}},
-    "paper": {"backbone": {"preset": "vit-b16", "pretrained": None}, "data": {"p": 16, "k": 4}},
+    "paper": {"backbone": {"preset": "vit-b16", "pretrained": None}, "data": {"p": 16, "k": 4, "val_fraction": 0.0}},
 }
+
+PAPER_NEEDS_WEIGHTS = (
+    "--preset paper builds CLIP ViT-B/16 and the papers fine-tune OpenAI's pretrained weights, but "
+    "backbone.pretrained is not set: pass backbone.pretrained=DIR (a local Hugging Face CLIP folder; README, "
+    "Using it, says how to write one), or backbone.pretrained=null to train from random weights on purpose"
+)
 
 
 def build_run_config(files=(), overrides=(), base: dict | None = None) -> RunConfig:
-    """YAML files then overrides, on top of the preset they name (``preset=paper``)."""
+    """YAML files then overrides, on top of the preset they name (``preset=paper``) and the
+    method's ``DATA_RECIPE``. ``preset=paper`` without ``backbone.pretrained`` in any of them
+    is refused (:data:`PAPER_NEEDS_WEIGHTS`); an explicit ``backbone.pretrained=null`` asks
+    for random weights."""
     probe = load_config(RunConfig, files, overrides, base)
-    preset_values = RUN_PRESETS[probe.preset]
+    given = merge(dict(base or {}), _user_values(files, overrides))
+    if probe.preset == "paper" and "pretrained" not in (given.get("backbone") or {}):
+        raise ConfigError(PAPER_NEEDS_WEIGHTS)
+    preset_values = merge(RUN_PRESETS[probe.preset], {"data": method_data_recipe(probe.method)})
     return load_config(RunConfig, files, overrides, merge(preset_values, base or {}))
+
+
+def _user_values(files, overrides) -> dict:
+    data: dict = {}
+    for f in files:
+        data = merge(data, read_yaml(f))
+    return merge(data, parse_overrides(overrides))
+
+
+def method_data_recipe(method: str) -> dict:
+    """``data.*`` values of ``method``'s paper recipe (its class's ``DATA_RECIPE``); none for
+    an unregistered name, which the run refuses later with the list of methods."""
+    from ..methods import get_method
+
+    try:
+        cls = get_method(method)
+    except (KeyError, ValueError):
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in getattr(cls, "DATA_RECIPE", {}).items()}
 
 
 def method_config(cfg: RunConfig) -> Any:

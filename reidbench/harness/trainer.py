@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -155,11 +156,12 @@ def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample
         raise ValueError(RERANK_T2I)
     own_distance = type(method).distance is not Method.distance
     metric = method.distance if own_distance else "cosine"
-    gf = embed(method, build_eval_loader(gallery, image_size, bs), device, flip=options.flip)
+    pixels = eval_pixels(cfg, method)
+    gf = embed(method, build_eval_loader(gallery, image_size, bs, **pixels), device, flip=options.flip)
     if protocol == "t2i":
         qf = embed(method, build_text_loader(query, bs), device, text=True)
         return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery], metric=metric)
-    qf = embed(method, build_eval_loader(query, image_size, bs), device, flip=options.flip)
+    qf = embed(method, build_eval_loader(query, image_size, bs, **pixels), device, flip=options.flip)
     labels = (np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
               np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
     if options.rerank:
@@ -167,6 +169,34 @@ def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample
         return reranked.rank_metrics(*labels, _clothes(query), _clothes(gallery), protocol=protocol)
     return rank_metrics_from_features(qf, gf, *labels, q_clothes=_clothes(query), g_clothes=_clothes(gallery),
                                       protocol=protocol, metric=metric)
+
+
+def pixel_statistics(cfg: RunConfig, method: Method) -> dict[str, tuple[float, ...]]:
+    """``mean``/``std`` the loaders normalise with: ``data.pixel_mean/std`` when set (a
+    method's ``DATA_RECIPE`` sets CLIP-ReID's 0.5), else the backbone's own statistics (CLIP's
+    for a backbone that names none)."""
+    from ..datasets.transforms import CLIP_MEAN, CLIP_STD
+
+    if cfg.data.pixel_mean is not None:
+        return {"mean": tuple(cfg.data.pixel_mean), "std": tuple(cfg.data.pixel_std)}
+    backbone = method.backbone
+    return {"mean": tuple(getattr(backbone, "image_mean", CLIP_MEAN)),
+            "std": tuple(getattr(backbone, "image_std", CLIP_STD))}
+
+
+def eval_pixels(cfg: RunConfig, method: Method) -> dict[str, Any]:
+    """Keyword arguments of ``build_eval_loader`` for this run's normalisation and test-time resize."""
+    return {**pixel_statistics(cfg, method), "interpolation": cfg.data.eval_interpolation}
+
+
+def selection_notice(cfg: RunConfig, validation: Validation) -> str:
+    """The line a run prints when it starts: what selects its model."""
+    if validation.enabled:
+        return (f"[{cfg.run_name}] model selection: best validation {SELECTION_METRIC} "
+                f"({validation.protocol} protocol, {validation.source}); data.val_fraction=0 keeps the last epoch")
+    why = "the paper preset's default, as the papers report" if cfg.preset == "paper" else "data.val_fraction=0"
+    return (f"[{cfg.run_name}] model selection: none, the last epoch is kept ({why}); "
+            "data.val_fraction=0.1 selects the epoch on held-out identities instead")
 
 
 def _clothes(samples: list[Sample]) -> np.ndarray | None:
@@ -265,6 +295,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     validation = prep.validation
     if env.tracker is not None:  # which protocol and split select the model, for every run
         env.tracker.set_tags(validation.tags())
+    if env.is_main:
+        print(selection_notice(cfg, validation), file=sys.stderr, flush=True)
     config_dict = resolved_dict(cfg)
     stages = method.stages()
     state: dict[str, Any] = {"stage_index": 0, "epoch": 0, "best": {"score": -1.0, "stage": -1, "epoch": -1}}
@@ -282,12 +314,13 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     train_loader = build_train_loader(prep.train, prep.image_size, cfg.data.p // env.world_size, cfg.data.k, cfg.seed,
                                       rank=env.rank, world_size=env.world_size, with_masks=method.reads_label_maps(),
                                       num_workers=loader_workers(cfg.data.num_workers, env.device, env.world_size),
-                                      text_kinds=text_kinds)
+                                      text_kinds=text_kinds, crop_p=cfg.data.crop_p, **pixel_statistics(cfg, method))
     final_metrics: dict[str, float] = {}
 
     def clean_batches() -> Iterable[dict]:
         for batch in build_eval_loader(prep.train, prep.image_size, cfg.data.eval_batch_size,
-                                       with_masks=method.reads_label_maps(), text_kinds=text_kinds):
+                                       with_masks=method.reads_label_maps(), text_kinds=text_kinds,
+                                       **eval_pixels(cfg, method)):
             yield to_device(batch, env.device)
 
     engine = None
@@ -372,7 +405,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         with gathering_on_access(engine):
             results = evaluate_test(method, prep, cfg, env.device)
     if env.is_main:
-        final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test}
+        final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test,
+                         **robustness_results(prep, results, cfg.evaluation.visibility_bins)}
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
             env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
@@ -394,6 +428,22 @@ def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.
     return {ev.name: evaluate_retrieval(method, prep.dataset.splits[ev.query], prep.dataset.splits[ev.gallery],
                                         ev.protocol, cfg, prep.image_size, device, test_time=True)
             for ev in prep.dataset.evaluations}
+
+
+def robustness_results(prep: Prepared, results: dict[str, Any], bins: int) -> dict[str, float]:
+    """Test metrics over query subsets binned by visible body fraction
+    (``test/<evaluation>/visibility/bin<i>/...``, :func:`evaluate.visibility_curve`) for every
+    image evaluation whose benchmark records the fraction (the synthetic ones); none otherwise."""
+    from .evaluate import sample_visibility, visibility_curve, visibility_metrics
+
+    out: dict[str, float] = {}
+    for ev in prep.dataset.evaluations if bins > 0 else ():
+        if ev.protocol == "t2i" or ev.name not in results:
+            continue
+        visible = sample_visibility(prep.dataset.splits[ev.query], prep.dataset.root)
+        if visible is not None:
+            out.update(visibility_metrics(ev.name, visibility_curve(results[ev.name], visible, bins)))
+    return out
 
 
 def summarize_results(results: dict[str, Any]) -> dict[str, float]:

@@ -19,6 +19,7 @@ import argparse
 import itertools
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,13 +148,23 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
     experiment_id(client_for(tracking_uri(cfg)), experiment)  # created before any trial starts
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     connect_ray()
+    gpus_per_trial = check_gpus_per_trial(gpus_per_trial)
     if gpus_per_trial is None:
         from .api import uses_ray
 
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         gpus_per_trial = 1.0 if cluster_gpus > 0 and not uses_ray(cfg) else 0.0
         print(f"[sweep] {gpus_per_trial:g} GPU(s) per trial (the cluster has {cluster_gpus:g}); "
-              "--gpus-per-trial sets it")
+              "--gpus-per-trial sets it (a fraction packs several trials on one GPU)")
+    elif 0 < gpus_per_trial < 1:
+        from .api import uses_ray
+
+        if uses_ray(cfg):
+            raise ValueError(f"--gpus-per-trial {gpus_per_trial:g} packs in-process trials on one GPU, but these "
+                             f"trials start a worker group of {cfg.dist.workers} (dist.workers), which asks for "
+                             "its own GPUs; use dist.workers=1 to pack, or leave --gpus-per-trial unset")
+        print(f"[sweep] {gpus_per_trial:g} GPU per trial: up to {int(1 / gpus_per_trial)} trials share a GPU")
+    base = packed_loader_workers(base, cpus_per_trial, gpus_per_trial)
     trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = str(out / experiment / "tune")
     path = Path(storage) / experiment
@@ -204,7 +215,8 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --smoke: 0)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="default: 1 if the Ray cluster has GPUs and trials run one worker each, else 0")
+                   help="default: 1 if the Ray cluster has GPUs and trials run one worker each, else 0; "
+                        "a fraction (0.25) packs that many trials per GPU")
     p.add_argument("--leaderboard", default=None, help="write the leaderboard CSV/Markdown here afterwards")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
     return p
@@ -227,6 +239,11 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     """What every ``sweeps/*.py`` script runs: parse flags, expand the grid, run it, write the leaderboard.
     ``defaults``: the sweep's own run-config overrides, before ``--smoke``'s and the command line's."""
     args = sweep_parser(description, default_experiment).parse_args(argv)
+    try:
+        check_gpus_per_trial(args.gpus_per_trial)
+    except ValueError as exc:
+        print(f"[sweep] {exc}", file=sys.stderr)
+        return 2
     datasets = args.datasets.split(",") if args.datasets else list(default_datasets)
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0] if args.smoke else list(SEEDS))
     base = [*defaults, *(SMOKE_OVERRIDES if args.smoke else ())]
@@ -255,11 +272,40 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
 
 
 def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> None:
-    from .leaderboard import leaderboard, write_leaderboard
+    """The sweep's leaderboard, with the sign agreement of its ablations with the papers'
+    and the occlusion robustness curves (``leaderboard.write_sign_agreement``, ``write_robustness``)."""
+    from .leaderboard import leaderboard, load_runs, write_leaderboard, write_robustness, write_sign_agreement
     from .run_config import build_run_config
     from .tracking import tracking_uri
 
     cfg = build_run_config(overrides=base)
     table = leaderboard(experiment, tracking_uri(cfg))
     paths = write_leaderboard(table, out)
+    runs = load_runs(experiment, tracking_uri(cfg)).runs
+    signs, agreement = write_sign_agreement(runs, out, markdown=paths["markdown"])
+    paths.update(signs)
+    paths.update(write_robustness(runs, out, markdown=paths["markdown"]))
+    for line in agreement:
+        print(f"[sweep] {line}")
     print(f"[sweep] leaderboard: {paths}")
+
+
+def check_gpus_per_trial(gpus: float | None) -> float | None:
+    """``--gpus-per-trial``: None (decided from the cluster), 0, a fraction in (0, 1) that packs
+    several trials on one GPU (Ray Tune's fractional resources; the trials share its memory and
+    must fit together), or a whole number of GPUs. Ray accepts nothing else."""
+    if gpus is None:
+        return None
+    if gpus < 0 or (gpus > 1 and not float(gpus).is_integer()):
+        raise ValueError(f"--gpus-per-trial must be 0, a fraction below 1 (e.g. 0.25 packs four trials on a GPU) "
+                         f"or a whole number of GPUs, got {gpus:g}")
+    return float(gpus)
+
+
+def packed_loader_workers(base: list[str], cpus_per_trial: float, gpus_per_trial: float) -> list[str]:
+    """``base`` plus ``data.num_workers`` = the trial's CPUs minus one when trials share a GPU and
+    the sweep leaves it unset: otherwise each packed trial would start the DataLoader workers
+    of a whole machine (``trainer.loader_workers``), and together they would oversubscribe it."""
+    if not 0 < gpus_per_trial < 1 or any(o.startswith("data.num_workers=") for o in base):
+        return base
+    return [*base, f"data.num_workers={max(0, int(cpus_per_trial) - 1)}"]

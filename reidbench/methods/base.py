@@ -93,6 +93,10 @@ class Stage:
     no_decay_1d: bool = False
     loss_weights: tuple[tuple[str, float], ...] = ()  # weight per loss-term name; unnamed terms weigh 1
     batches_per_epoch: int | None = None  # None: one pass of the sampler
+    # Epochs the lr schedule runs ahead of the 0-based epoch counter: 1 is a scheduler stepped at the
+    # start of each epoch (CLIP-ReID's WarmupMultiStepLR and its stage-1 cosine), whose epoch e trains at
+    # the schedule's value for e + 1, so warm-up ends and milestones land one epoch earlier.
+    schedule_offset: int = 0
 
 
 class Method(nn.Module):
@@ -103,6 +107,9 @@ class Method(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("image",)  # dataset tasks it handles: "image" and/or "text"
     requires: ClassVar[tuple[str, ...]] = ()  # what it reads from the data, names from REQUIREMENTS
     PRESETS: ClassVar[dict[str, dict]] = {}  # preset name -> config overrides ("tiny" for CPU; "paper")
+    # Run-config ``data.*`` values of the paper's data recipe (augmentation, pixel normalisation),
+    # e.g. {"crop_p": 0.5}; every preset starts from them and the user's values win.
+    DATA_RECIPE: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any, backbone: nn.Module, spec: DataSpec) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import DualNeckHead, ImageStageConfig, PresetConfig, encode_images, image_side_prefixes
 
@@ -47,6 +48,7 @@ class Baseline(Method):
     name = "baseline"
     config_cls = BaselineConfig
     PRESETS = {"paper": BaselineConfig.preset("paper"), "tiny": BaselineConfig.preset("tiny")}
+    DATA_RECIPE = {"pixel_mean": CLIP_REID_MEAN, "pixel_std": CLIP_REID_STD}  # clip_reid's, as vit_base.yml
 
     def __init__(self, config: BaselineConfig, backbone: torch.nn.Module, spec: DataSpec) -> None:
         super().__init__(config, backbone, spec)

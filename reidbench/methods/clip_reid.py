@@ -38,6 +38,14 @@ Followed from the official code (github.com/Syliz517/CLIP-ReID,
   ``sie`` passes camera ids whenever the backbone was built with a camera
   embedding (run config ``backbone.sie``), and ``sie=False`` ignores it.
 
+* Data recipe (``DATA_RECIPE``, run config ``data.*``): pixels normalised with mean =
+  std = 0.5 (``INPUT.PIXEL_MEAN/STD`` of the ViT config, not OpenAI CLIP's statistics);
+  pad-and-crop on every image; bilinear test-time resize (the harness's default).
+  ``data.pixel_mean=null data.pixel_std=null`` normalises with the backbone's own.
+* Schedules stepped at the start of each epoch (``schedule_offset`` 1 in both stage
+  configs): the image stage's warm-up ends and its lr decays one epoch earlier than an
+  epoch-0-based count would put them (``harness.optim.lr_factor``).
+
 Departures: stage 1 draws its batches from the harness's P x K sampler (the
 official code permutes all cached features at random, 64 a batch); the
 ``BIAS_LR_FACTOR 2`` of stage 2 is not reproduced (Stage has no per-suffix lr);
@@ -52,6 +60,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import torch
 import torch.nn.functional as F
 
+from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import (
     DualNeckHead,
@@ -79,7 +88,7 @@ class ClipReidConfig(PresetConfig):
     ctx_init_std: float = 0.02
     use_i2t_in_stage2: bool = True  # ablation: without L_i2tce (the prompt stage is then skipped)
     i2t_loss_weight: float = 1.0
-    i2t_logits: Literal["raw", "cosine"] = "raw"
+    i2t_logits: Literal["raw", "cosine"] = "raw"  # see i2t_logits()
     sie: bool = True  # use the backbone's camera embedding when it has one
     neck_feat: Literal["before", "after"] = "before"
     prompt: PromptStageConfig = field(default_factory=PromptStageConfig)
@@ -120,6 +129,7 @@ class ClipReid(Method):
     name = "clip_reid"
     config_cls = ClipReidConfig
     PRESETS = {"paper": ClipReidConfig.preset("paper"), "tiny": ClipReidConfig.preset("tiny")}
+    DATA_RECIPE = {"pixel_mean": CLIP_REID_MEAN, "pixel_std": CLIP_REID_STD}
 
     def __init__(self, config: ClipReidConfig, backbone: torch.nn.Module, spec: DataSpec) -> None:
         super().__init__(config, backbone, spec)
@@ -206,10 +216,18 @@ class ClipReid(Method):
         return terms
 
     def i2t_logits(self, image_proj: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        if self.config.i2t_logits == "raw":
+        """Image-to-text logits by ``config.i2t_logits``: ``"raw"`` dot products (the official
+        code), ``"cosine"`` CLIP's ``exp(logit_scale) * cos`` (frozen scale), ``"cosine_unscaled"``
+        plain cosines (SCING's Eq. 17 read literally)."""
+        mode = self.config.i2t_logits
+        if mode == "raw":
             return image_proj.float() @ text_features.T
-        scale = self.backbone.logit_scale.detach().exp()
-        return scale * F.normalize(image_proj.float(), dim=-1) @ F.normalize(text_features, dim=-1).T
+        cosine = F.normalize(image_proj.float(), dim=-1) @ F.normalize(text_features.float(), dim=-1).T
+        if mode == "cosine_unscaled":
+            return cosine
+        if mode != "cosine":
+            raise ValueError(f"i2t_logits must be 'raw', 'cosine' or 'cosine_unscaled', got {mode!r}")
+        return self.backbone.logit_scale.detach().exp() * cosine
 
     # -- inference ---------------------------------------------------------
     def embed_image(self, batch: dict) -> torch.Tensor:

@@ -99,7 +99,13 @@ Decisions where the paper is vague (each a switch when it can matter):
   update uses the features of every rank (all-gathered).
 * Schedule: the paper's Adam, lr 5e-5, weight decay 5e-4, x0.1 at epochs 30 and
   50, 120 epochs; the linear warmup (10 epochs from 0.1x) is CLIP-ReID's, which
-  the paper says it follows. Loss weights all 1 (Eq. 19); the official code
+  the paper says it follows, stepped at the start of each epoch as CLIP-ReID's
+  ``WarmupMultiStepLR`` (``schedule_offset`` 1).
+* Data recipe (``DATA_RECIPE``): CLIP-ReID's normalisation (mean = std = 0.5) and
+  Sec. 4.2's flip, random erasing and padding-crop "each with 50%" (``crop_p`` 0.5).
+* Overlapping patches (ProFD*, ``backbone.preset=vit-b16-s12``): ``AP`` pools the
+  masks with the patchifying kernel and stride (Eq. 6's text), so each patch label
+  covers exactly the pixels its overlapping patch sees. Loss weights all 1 (Eq. 19); the official code
   weights ``L_vis`` 10 and the parsing loss 5 (``weights.*`` switches).
 """
 
@@ -114,6 +120,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import (
     BNNeck,
@@ -135,23 +142,33 @@ TRAIN_STAGE = "train"
 # masks -> patch labels, and the mask-supervised losses
 
 
-def patch_labels(mask: torch.Tensor, grid: tuple[int, int], num_labels: int = NUM_PARTS + 1) -> torch.Tensor:
+def patch_labels(mask: torch.Tensor, grid: tuple[int, int], num_labels: int = NUM_PARTS + 1,
+                 patch_size: int | None = None, stride: int | None = None) -> torch.Tensor:
     """``AP(M)`` of Eq. 6: part-label maps ``[B,H,W]`` (0 = background, 1..N parts)
     -> soft patch labels ``[B, num_labels, h*w]``, the fraction of each label's
-    pixels in every patch (one-hot maps average-pooled with kernel = stride = the
-    patch size, patches row-major like the ViT tokens)."""
+    pixels in every patch (one-hot maps average-pooled with the patchifying kernel
+    ``patch_size`` and ``stride``, patches row-major like the ViT tokens). Without
+    them the patches tile the mask (kernel = stride = mask size / grid)."""
     if mask.dim() != 3:
         raise ValueError(f"patch_labels: expected part-label maps [B,H,W], got shape {tuple(mask.shape)}")
     height, width = mask.shape[-2:]
     gh, gw = grid
-    if height % gh or width % gw:
+    if patch_size is not None:
+        step = stride or patch_size
+        pooled = ((height - patch_size) // step + 1, (width - patch_size) // step + 1)
+        if pooled != (gh, gw):
+            raise ValueError(f"patch_labels: {patch_size}-pixel patches at stride {step} over a {height}x{width} "
+                             f"mask give a {pooled[0]}x{pooled[1]} grid, not the model's {gh}x{gw}")
+    elif height % gh or width % gw:
         raise ValueError(f"patch_labels: a {height}x{width} mask does not tile into the {gh}x{gw} patch grid")
     if int(mask.min()) < 0 or int(mask.max()) >= num_labels:
         raise ValueError(f"patch_labels: mask labels must lie in 0..{num_labels - 1}, found "
                          f"{int(mask.min())}..{int(mask.max())}")
     one_hot = F.one_hot(mask.long(), num_labels).permute(0, 3, 1, 2).float()
-    stride = (height // gh, width // gw)
-    return F.avg_pool2d(one_hot, kernel_size=stride, stride=stride).flatten(2)
+    if patch_size is not None:
+        return F.avg_pool2d(one_hot, kernel_size=patch_size, stride=stride or patch_size).flatten(2)
+    tile = (height // gh, width // gw)
+    return F.avg_pool2d(one_hot, kernel_size=tile, stride=tile).flatten(2)
 
 
 def alignment_loss(scores: torch.Tensor, labels: torch.Tensor, background: str) -> torch.Tensor:
@@ -492,6 +509,7 @@ class ProFDConfig(PresetConfig):
     gamma: float = 0.1
     warmup_epochs: int = 10
     warmup_factor: float = 0.1
+    schedule_offset: int = 1  # CLIP-ReID's WarmupMultiStepLR, stepped at the start of each epoch (Stage)
     new_module_lr_mult: float = 1.0  # lr multiplier of everything outside the CLIP backbone
 
     # tiny: the CPU default benchmark (tiny CLIP, 128x64, 8x4 patches, P8 x K4), on the
@@ -527,6 +545,7 @@ class ProFD(Method):
     requires = ("mask",)
     config_cls = ProFDConfig
     PRESETS = {"paper": ProFDConfig.preset("paper"), "tiny": ProFDConfig.preset("tiny")}
+    DATA_RECIPE = {"pixel_mean": CLIP_REID_MEAN, "pixel_std": CLIP_REID_STD, "crop_p": 0.5}
 
     def __init__(self, config: ProFDConfig, backbone: nn.Module, spec: DataSpec) -> None:
         super().__init__(config, backbone, spec)
@@ -537,6 +556,9 @@ class ProFD(Method):
                              f"got {len(cfg.part_names)}: {cfg.part_names}")
         dim = backbone.embed_dim
         self.grid = tuple(backbone.patch_grid)
+        # A backbone that names no patch size is taken to tile the image (kernel = stride).
+        self.patch_size = getattr(backbone, "patch_size", None)
+        self.patch_stride = getattr(backbone, "patch_stride", self.patch_size)
         self.prompt_learner = PromptLearner(backbone.token_embedding, backbone.tokenizer, NUM_PARTS, n_ctx=cfg.n_ctx,
                                             template="{ctx} {name}.", class_names=cfg.part_names,
                                             class_specific=cfg.part_specific_ctx, init_std=cfg.ctx_init_std)
@@ -575,7 +597,7 @@ class ProFD(Method):
                       trainable=(*image_side_prefixes(self.backbone), *new), optimizer="adam",
                       weight_decay=cfg.weight_decay, schedule="steps", warmup_epochs=cfg.warmup_epochs,
                       warmup_factor=cfg.warmup_factor, milestones=tuple(cfg.milestones), gamma=cfg.gamma,
-                      param_groups=groups, loss_weights=weights)]
+                      schedule_offset=cfg.schedule_offset, param_groups=groups, loss_weights=weights)]
 
     @torch.no_grad()
     def begin_stage(self, stage: Stage, train_batches: Callable[[], Iterable[dict]]) -> None:
@@ -595,7 +617,7 @@ class ProFD(Method):
                 out = self.forward_features(batch)
                 globals_.append(self.neck_global(out.global_feat)[0].float())
                 if self.part_bank is not None:
-                    weights = patch_labels(batch["mask"], self.grid)[:, 1:]
+                    weights = self.patch_labels(batch["mask"])[:, 1:]
                     pooled = weighted_average_pool(out.patches.float(), weights)
                     parts.append(self.neck_parts(pooled.flatten(1))[0].float())
                 labels.append(batch["pid"])
@@ -608,6 +630,10 @@ class ProFD(Method):
                 self.part_bank.initialise(torch.cat(parts), labels_t)
         finally:
             self.train(was_training)
+
+    def patch_labels(self, mask: torch.Tensor) -> torch.Tensor:
+        """:func:`patch_labels` for this backbone's patch size and stride."""
+        return patch_labels(mask, self.grid, patch_size=self.patch_size, stride=self.patch_stride)
 
     # -- forward -------------------------------------------------------------
     def prompt_embeddings(self) -> torch.Tensor:
@@ -657,7 +683,7 @@ class ProFD(Method):
         if self.part_bank is not None:
             terms["pcl_parts"] = self.part_bank.loss(parts_bn, pids, cfg.pcl_temperature)
             self.part_bank.update(parts_bn, pids)
-        labels = patch_labels(batch["mask"], self.grid)
+        labels = self.patch_labels(batch["mask"])
         if cfg.use_align:
             terms["align"] = alignment_loss(out.scores, labels, cfg.background)
         if out.spa_logits:

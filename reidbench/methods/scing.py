@@ -73,7 +73,8 @@ Decisions where the paper is silent or inconsistent (each a config switch):
 * **Eqs. 17-19's similarity.** Eq. 17's <.,.> is cosine (Sec. 3.1) but without
   Eq. 2's temperature a softmax over cosines in [-1, 1] barely trains; the
   default ``i2t_logits="cosine"`` scales by CLIP's (frozen) logit scale as Eq. 2
-  does (``"raw"``: CLIP-ReID's dot product). In Eqs. 18-19 <.,.> must be a
+  does (``"raw"``: CLIP-ReID's dot product; ``"cosine_unscaled"``: Eq. 17 literally,
+  plain cosines as logits). In Eqs. 18-19 <.,.> must be a
   *distance*: with a similarity, Eq. 18 would pull the negative closer and
   Eq. 19's argmin would pick the easiest negative. So
   ``L_trp = mean_k max(0, d(v_k, w_k) - min_{j: y_j != y_k} d(v_k, v_j) + 0.2)``
@@ -88,7 +89,13 @@ Decisions where the paper is silent or inconsistent (each a config switch):
 * **Inference feature** ``g_p``: the projected CLS feature that Eqs. 17-19
   train (``embed_feature="proj"``); ``"cls_proj"`` is CLIP-ReID's concatenation.
 * **Schedules.** Sec. 4.2 (Adam, wd 5e-4, lr 5e-5, x0.1 at epochs 30 and 50,
-  120 epochs) for both stages, no warmup (none is mentioned).
+  120 epochs) for both stages, no warmup (none is mentioned). The schedulers are
+  stepped at the start of each epoch as in CLIP-ReID's code, which SCING says it is
+  consistent with (``schedule_offset`` 1): the 1-based epochs 30 and 50 of the text
+  are the first at the lower lr.
+* **Data recipe** (``DATA_RECIPE``): CLIP-ReID's normalisation (mean = std = 0.5) and
+  Sec. 4.2's flip, erasing and cropping "each with a 50% probability" (``crop_p`` 0.5
+  in the run config; flip and erasing are 0.5 by default).
 """
 
 from __future__ import annotations
@@ -139,13 +146,14 @@ class StageSchedule:
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     warmup_factor: float = 0.1
+    schedule_offset: int = 1  # stepped at the start of each epoch, as CLIP-ReID's code (Stage)
 
     def stage(self, name: str, trainable: tuple[str, ...], loss_weights: tuple[tuple[str, float], ...] = (),
               param_groups: tuple[tuple[str, float], ...] = ()) -> Stage:
         return Stage(name=name, epochs=self.epochs, lr=self.lr, trainable=trainable, optimizer="adam",
                      weight_decay=self.weight_decay, schedule="steps", warmup_epochs=self.warmup_epochs,
                      warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.lr_decay,
-                     param_groups=param_groups, loss_weights=loss_weights)
+                     schedule_offset=self.schedule_offset, param_groups=param_groups, loss_weights=loss_weights)
 
 
 @dataclass
@@ -191,7 +199,7 @@ class ScingConfig(PresetConfig):
     supcon_normalize: bool = False
     perturb: PerturbationConfig = field(default_factory=PerturbationConfig)
     stage2_text: Literal["mean_condition", "mean_text", "static"] = "mean_condition"
-    i2t_logits: Literal["cosine", "raw"] = "cosine"
+    i2t_logits: Literal["cosine", "raw", "cosine_unscaled"] = "cosine"
     ce_label_smoothing: float = 0.0  # Eq. 17 is plain cross-entropy
     triplet_margin: float = 0.2
     stage2_reid_losses: bool = False
@@ -450,6 +458,7 @@ class Scing(ClipReid):
     name = "scing"
     config_cls = ScingConfig
     PRESETS = {"paper": ScingConfig.preset("paper"), "tiny": ScingConfig.preset("tiny")}
+    DATA_RECIPE = {**ClipReid.DATA_RECIPE, "crop_p": 0.5}
 
     def __init__(self, config: ScingConfig, backbone: nn.Module, spec: DataSpec) -> None:
         Method.__init__(self, config, backbone, spec)  # not ClipReid's modules

@@ -32,6 +32,9 @@ class ImageStageConfig:
     triplet_on_penultimate: bool = True  # official ViT: triplet also on the penultimate layer's CLS token
     id_loss_weight: float = 0.25  # official ID_LOSS_WEIGHT (the ID loss is summed over both necks)
     triplet_loss_weight: float = 1.0
+    # 1: the official scheduler is stepped at the start of each epoch (Stage.schedule_offset), so
+    # warm-up ends after epoch 9 and the lr decays from epochs 29 and 49 (0-based); 0: our epoch count.
+    schedule_offset: int = 1
 
     def objective(self) -> ReidObjective:
         return ReidObjective(self.label_smoothing, None if self.triplet_soft_margin else self.triplet_margin,
@@ -44,6 +47,7 @@ class ImageStageConfig:
         return Stage(name=name, epochs=self.epochs, lr=self.lr, trainable=trainable, optimizer="adam",
                      weight_decay=self.weight_decay, schedule="steps", warmup_epochs=self.warmup_epochs,
                      warmup_factor=self.warmup_factor, milestones=tuple(self.milestones), gamma=self.gamma,
+                     schedule_offset=self.schedule_offset,
                      param_groups=((head_prefix, self.head_lr_mult),) if self.head_lr_mult != 1.0 else (),
                      loss_weights=(("id", self.id_loss_weight), ("triplet", self.triplet_loss_weight),
                                    *extra_loss_weights))
@@ -62,11 +66,12 @@ class PromptStageConfig:
     weight_decay: float = 1e-4
     temperature: float = 1.0
     normalize: bool = False  # cosine similarity instead of the raw dot product in the i2t/t2i losses
+    schedule_offset: int = 1  # the official scheduler.step(epoch) at the start of epoch 1, 2, ... (Stage)
 
     def stage(self, name: str, trainable: tuple[str, ...]) -> Stage:
         return Stage(name=name, epochs=self.epochs, lr=self.lr, trainable=trainable, optimizer="adam",
                      weight_decay=self.weight_decay, schedule="cosine", warmup_epochs=self.warmup_epochs,
-                     warmup_factor=self.warmup_lr / self.lr)
+                     warmup_factor=self.warmup_lr / self.lr, schedule_offset=self.schedule_offset)
 
 
 class PresetConfig:
