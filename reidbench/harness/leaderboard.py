@@ -415,6 +415,12 @@ def _cell(row: pd.Series | None, metric: str, published_text: str | None, publis
     return text
 
 
+def _printed(value: float) -> str:
+    """A published number as the papers print them (one or two decimals): 67.0, 59.81."""
+    text = f"{value:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 def _escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -437,7 +443,7 @@ def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
         columns = list(dict.fromkeys(zip(pub["dataset"], pub["protocol"])))
         present = set(zip(pub["dataset"], pub["protocol"], pub["metric"]))
         metrics = {(d, p): [m for m in METRICS if (d, p, m) in present] for (d, p) in columns}
-        header = ["paper row", "method", "ablation", "setup", "seeds"]
+        header = ["paper row", "method", "ablation", "setup", "n seeds"]
         header += [f"{d}{'' if p == 'standard' else f' ({p})'} {m}" for (d, p) in columns for m in metrics[(d, p)]]
         body = []
         for (method, ablation, row_label), prow in pub.groupby(["method", "ablation", "row"], sort=False):
@@ -459,7 +465,9 @@ def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
                         value = float(hit["value"].iloc[0]) if len(hit) else float("nan")
                         cells.append(_cell(run, m, text, value) if text is not None or run is not None else "")
                 seed_text = seeds[0] if len(set(seeds)) == 1 else "/".join(seeds) if seeds else "0"
-                body.append([row_label, method, ablation, setup or "—", seed_text, *cells])
+                # the runs' own ablation tag where it is an alias of the paper's (a sweep's "full")
+                shown = "/".join(dict.fromkeys(ours.loc[ours["setup"] == setup, "ablation"])) or ablation
+                body.append([row_label, method, shown, setup or "—", seed_text, *cells])
         notes = {}
         for label, note in zip(pub["row"], pub["note"]):
             if note:
@@ -482,7 +490,7 @@ def to_markdown(board: pd.DataFrame, published: pd.DataFrame, experiment: str = 
     header = ["method", "ablation", "dataset", "protocol", "setup", "seeds", *METRICS, "published (source)"]
     body = []
     for _, r in board.iterrows():
-        pub = [f"{m} {r[f'published_{m}']:g}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
+        pub = [f"{m} {_printed(r[f'published_{m}'])}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
         source = f"{', '.join(pub)} ({r['published_source']})" if pub else ""
         body.append([r["method"], r["ablation"], r["dataset"], r["protocol"], r["setup"], r["seeds"],
                      *[_ours(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS], source])

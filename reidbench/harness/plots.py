@@ -30,6 +30,7 @@ import pandas as pd
 from .leaderboard import NON_SETTINGS
 
 SWEEP_MIN_VALUES = 3
+LOG_AXIS_RATIO = 20.0  # a swept axis whose largest value is this many times its smallest is drawn in log scale
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
@@ -97,6 +98,11 @@ def sensitivity_figure(table: pd.DataFrame, param: str, title: str = "", metrics
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     if not numeric:
         ax.set_xticks(x, [str(v) for v in table["value"]])
+    elif x.min() > 0 and x.max() / x.min() >= LOG_AXIS_RATIO:
+        # values a decade or more apart either side of a centre (CCAF's λ grid): evenly spaced on a log axis
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
     ax.set_xlabel(_param_label(param))
     ax.set_ylabel("%")
     ax.grid(True, alpha=0.3)

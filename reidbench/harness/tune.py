@@ -254,12 +254,20 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     return 0
 
 
-def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> None:
-    from .leaderboard import leaderboard, write_leaderboard
+def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> list[Path]:
+    """The sweep's leaderboard (CSV, Markdown with the papers' tables) and its plots
+    (``out/plots``: CMC and one sensitivity plot per swept hyperparameter), as
+    ``reidbench leaderboard`` writes them; returns the files written."""
+    from .leaderboard import aggregate, join_published, leaderboard_sorted, load_published, load_runs, write_leaderboard
+    from .plots import write_plots
     from .run_config import build_run_config
     from .tracking import tracking_uri
 
     cfg = build_run_config(overrides=base)
-    table = leaderboard(experiment, tracking_uri(cfg))
-    paths = write_leaderboard(table, out)
-    print(f"[sweep] leaderboard: {paths}")
+    runs = load_runs(experiment, tracking_uri(cfg)).runs
+    published = load_published()
+    table = leaderboard_sorted(join_published(aggregate(runs), published))
+    paths = write_leaderboard(table, out, experiment, published)
+    plots = write_plots(runs, Path(out) / "plots")
+    print(f"[sweep] leaderboard: {paths['markdown']} (and .csv); {len(plots)} plot(s) in {Path(out) / 'plots'}")
+    return [*paths.values(), *plots]
