@@ -141,6 +141,10 @@ def inference_parameters(method: torch.nn.Module, batch: dict) -> int:
 
 def count_flops(method: torch.nn.Module, batch_size: int, image_size: tuple[int, int]) -> int:
     batch = image_batch(batch_size, image_size)
+    # FlopCounterMode's module tracker hooks every tensor that requires grad, and fails on a
+    # parameter used directly under no_grad (CLIP-SCGI's CGI queries), so none requires grad here.
+    for p in method.parameters():
+        p.requires_grad_(False)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         method.embed_image(batch)
     return counter.get_total_flops()
