@@ -13,7 +13,9 @@ standard deviation as a band (error bars for the CMC).
 itself: within one (method, dataset, setup), a numeric param with at least three values
 is a sweep axis; the other params that vary (other axes, ablation switches) are held at
 their most common value, so a one-factor-at-a-time grid such as ProFD's m_g / m_p
-(each swept with the other at 0.2) gives one curve per factor. Its CMC plots use the
+(each swept with the other at 0.2) gives one curve per factor; an axis whose largest
+value is ``LOG_AXIS_RATIO`` (20) times its smallest or more (CCAF's λ grid, a decade
+either side of its centre) is drawn on a log scale. Its CMC plots use the
 ranks the runs log (R1, R5, R10); ``cmc_figure`` / ``plot_cmc`` draw full curves
 (``RankResult.cmc``) when the caller has them.
 """
