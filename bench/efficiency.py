@@ -1,4 +1,4 @@
-"""Parameters and inference FLOPs of clip_reid, profd, scing, ccaf and clip_scgi beside SCING's Table 4, and CLIP-SCGI's Table II (parameters and training time against CLIP-ReID).
+"""Parameters, inference FLOPs and training time beside SCING's Table 4 and CLIP-SCGI's Table II.
 
     python3 bench/efficiency.py                  # vit-b16, 256x128, 702 identities (Occluded-Duke)
     python3 bench/efficiency.py --classes 751    # Market-1501's training identities

@@ -61,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .tracking import tracking_uri
 
     t_start = time.perf_counter()
-    plan = demo_plan(args.methods, getattr(args, "all_benchmarks", False))
+    plan = demo_plan(args.methods, args.all_benchmarks)
     print(f"[demo] 1/3 synthesizing benchmarks (cached after the first run): {', '.join(sorted({b for _, b in plan}))}")
     for bench in sorted({b for _, b in plan}):
         load_dataset(build_run_config(overrides=[f"data.dataset={bench}"]))
