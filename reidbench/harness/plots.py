@@ -105,13 +105,15 @@ def sensitivity_figure(table: pd.DataFrame, param: str, title: str = "", metrics
         ax.set_xscale("log")
         ax.set_xticks(x, [f"{v:g}" for v in x])
         ax.minorticks_off()
+    elif len(x) <= 12:
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the swept values, not 1.5 between depths 1 and 2
     ax.set_xlabel(_param_label(param))
     ax.set_ylabel("%")
     ax.grid(True, alpha=0.3)
     ax.legend()
     seeds = sorted(set(table["n"]))
-    ax.set_title(f"{title}\n(mean ± std over {'/'.join(map(str, seeds))} seeds)" if title else
-                 f"mean ± std over {'/'.join(map(str, seeds))} seeds", fontsize=9)
+    over = f"mean ± std over {'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'}"
+    ax.set_title(f"{title}\n({over})" if title else over, fontsize=9)
     return fig
 
 
