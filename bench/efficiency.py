@@ -1,7 +1,8 @@
-"""Parameters and inference FLOPs of clip_reid, profd and scing beside SCING's Table 4.
+"""Parameters, inference FLOPs and training time beside SCING's Table 4 and CLIP-SCGI's Table II.
 
     python3 bench/efficiency.py                  # vit-b16, 256x128, 702 identities (Occluded-Duke)
     python3 bench/efficiency.py --classes 751    # Market-1501's training identities
+    python3 bench/efficiency.py --no-train-time  # counts only (the whole bench took 268 CPU s on the 2-core machine)
 
 Every method is built at the ``vit-b16`` preset with random weights
 (``build_clip("vit-b16", pretrained=None, image_size=(256, 128))``, no SIE) and
@@ -25,6 +26,25 @@ its ``paper`` preset; sizes do not depend on the weights. Counts:
   printed. ``per image`` is the marginal cost of one more image (batch 2 minus
   batch 1); ``fixed`` is what a call costs whatever its batch (ProFD encodes its
   five part prompts with the text tower on every call).
+
+CCAF (``ccaf``) trains a second image encoder, two prompt learners and Proj_c, but
+embeds with E_v alone: its inference parameters and FLOPs are printed beside
+CLIP-ReID's and checked equal (exit code 1 if they are not). It is built with
+``--clothes`` clothes ids (default: one per identity), which only size its training-side
+clothes prompts and classifier.
+
+CLIP-SCGI's Table II compares parameters and the whole training time on Market-1501
+(12,936 images, 751 identities) and MSMT17 (32,621 images, 1,041 identities). The
+parameters are counted as above at each dataset's identities. The training time is an
+estimate on this device: every stage's optimizer step is timed at P x K = ``--p`` x 4
+images (K = 4 as in P16 x K4, so a CLIP-ReID prompt-stage step sees the same identities
+per image as the paper's batch), scaled per image to the dataset and the paper preset's
+epochs (CLIP-ReID: 120 prompt epochs on cached features + 60 image epochs; CLIP-SCGI: 60
+epochs), plus each stage's ``begin_stage`` pass (CLIP-ReID caches every training image's
+features) scaled the same way. On CPU the clock is the process's CPU time
+(``time.process_time``, all threads), which a loaded machine does not inflate; on CUDA it
+is wall time after a synchronise. The paper's figures are V100 wall seconds: only the
+ratio between the two methods compares.
 """
 
 from __future__ import annotations
@@ -33,15 +53,21 @@ import argparse
 import gc
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from reidbench.methods import DataSpec
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-PAPER = {  # SCING, Table 4: parameters (M), FLOPs (G)
+PAPER = {  # SCING, Table 4: parameters (M), FLOPs (G); the CCAF and CLIP-SCGI papers print neither
     "clip_reid": (126.55, 24.14),
     "profd": (138.47, 38.11),
     "scing": (126.95, 24.14),
+}
+# CLIP-SCGI, Table II: dataset -> (training images, identities, {method: (params M, training seconds)})
+TABLE_II = {
+    "market1501": (12936, 751, {"clip_reid": (89, 4689), "clip_scgi": (113, 4451)}),
+    "msmt17": (32621, 1041, {"clip_reid": (90, 12904), "clip_scgi": (113, 13534)}),
 }
 VARIANTS = (  # (row label, method, params over its paper preset)
     ("clip_reid", "clip_reid", {}),
@@ -49,13 +75,17 @@ VARIANTS = (  # (row label, method, params over its paper preset)
     ("scing", "scing", {}),
     # SCING with CLIP-ReID's BNNeck classifiers kept (params.stage2_reid_losses=true): the model Table 4 counts
     ("scing+necks", "scing", {"stage2_reid_losses": True}),
+    ("ccaf", "ccaf", {}),
+    ("clip_scgi", "clip_scgi", {}),
 )
 COMPONENTS = (  # (label, predicate on the parameter name)
     ("vision", lambda n: n.startswith(("backbone.vision.", "backbone.visual_projection."))),
     ("tok-emb", lambda n: "token_embedding" in n and n.startswith("backbone.text")),
     ("text", lambda n: n.startswith(("backbone.text", "backbone.logit_scale"))),
-    ("prompts", lambda n: n.startswith("prompt_learner.")),
-    ("fusion", lambda n: n.startswith("fusion.")),
+    ("prompts", lambda n: n.startswith(("prompt_learner.", "clothes_prompt_learner."))),
+    ("fusion", lambda n: n.startswith(("fusion.", "cgi.", "cff."))),
+    ("shield", lambda n: n.startswith(("shield_encoder.", "shield_head."))),  # CCAF's E_v^s
+    ("cfm", lambda n: n.startswith(("proj_c.", "clothes_classifier."))),  # CCAF's Proj_c
     ("heads", lambda n: n.startswith(("head.", "neck_"))),
     ("other", lambda n: True),
 )
@@ -72,7 +102,8 @@ class Row:
     flops_fixed: int
 
 
-def build(method_name: str, num_classes: int, image_size: tuple[int, int], params: dict | None = None):
+def build(method_name: str, num_classes: int, image_size: tuple[int, int], params: dict | None = None,
+          num_clothes: int | None = None):
     from reidbench.backbones import build_clip
     from reidbench.config import from_dict, merge
     from reidbench.methods import get_method
@@ -80,7 +111,8 @@ def build(method_name: str, num_classes: int, image_size: tuple[int, int], param
     cls = get_method(method_name)
     config = from_dict(cls.config_cls, merge(cls.PRESETS.get("paper", {}), params or {}))
     backbone = build_clip("vit-b16", pretrained=None, image_size=image_size)
-    return cls(config, backbone, DataSpec(num_classes)).eval()
+    clothes = num_classes if num_clothes is None else num_clothes
+    return cls(config, backbone, DataSpec(num_classes, 0, clothes if "clothes_id" in cls.requires else 0)).eval()
 
 
 def component_counts(method: torch.nn.Module) -> dict[str, int]:
@@ -109,6 +141,10 @@ def inference_parameters(method: torch.nn.Module, batch: dict) -> int:
 
 def count_flops(method: torch.nn.Module, batch_size: int, image_size: tuple[int, int]) -> int:
     batch = image_batch(batch_size, image_size)
+    # FlopCounterMode's module tracker hooks every tensor that requires grad, and fails on a
+    # parameter used directly under no_grad (CLIP-SCGI's CGI queries), so none requires grad here.
+    for p in method.parameters():
+        p.requires_grad_(False)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         method.embed_image(batch)
     return counter.get_total_flops()
@@ -120,9 +156,9 @@ def image_batch(n: int, image_size: tuple[int, int]) -> dict:
 
 
 def measure(label: str, method_name: str, num_classes: int, image_size: tuple[int, int],
-            params: dict | None = None) -> Row:
+            params: dict | None = None, num_clothes: int | None = None) -> Row:
     torch.manual_seed(0)
-    method = build(method_name, num_classes, image_size, params)
+    method = build(method_name, num_classes, image_size, params, num_clothes)
     f1, f2 = count_flops(method, 1, image_size), count_flops(method, 2, image_size)
     row = Row(label, method_name, sum(p.numel() for p in method.parameters()), component_counts(method),
               inference_parameters(method, image_batch(1, image_size)), f2 - f1, 2 * f1 - f2)
@@ -141,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=702, help="training identities (Occluded-Duke: 702)")
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--clothes", type=int, default=None, help="ccaf's clothes ids (default: --classes)")
+    parser.add_argument("--no-train-time", action="store_true", help="skip Table II's training-time estimate")
+    parser.add_argument("--p", type=int, default=2, help="identities per timed step (K = 4)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per stage (after one untimed)")
     args = parser.parse_args(argv)
     image_size = (args.height, args.width)
     torch.set_grad_enabled(True)
@@ -153,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in available:
             print(f"[efficiency] {name}: not registered in reidbench.methods (missing), skipped")
             continue
-        rows.append(measure(label, name, args.classes, image_size, params))
+        rows.append(measure(label, name, args.classes, image_size, params, args.clothes))
 
     M, G = 1e6, 1e9
     print(f"\nvit-b16 at {image_size[0]}x{image_size[1]}, {args.classes} identities, random weights; "
@@ -164,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for r in rows:
         no_tok = r.total - r.components["tok-emb"]
-        pm, pg = PAPER[r.method]
+        pm, pg = (f"{v:>7.2f}" for v in PAPER[r.method]) if r.method in PAPER else ("—".rjust(7),) * 2
         print(f"{r.label:<12} {r.total / M:>8.2f} {no_tok / M:>12.2f} {r.inference / M:>11.2f} "
               f"{r.flops_per_image / G:>10.2f} {r.flops_per_image / 2 / G:>9.2f} {r.flops_fixed / G:>12.2f} | "
-              f"{pm:>7.2f} {pg:>7.2f}")
+              f"{pm} {pg}")
     print("\nparameters by component (M):")
     labels = [label for label, _ in COMPONENTS]
     print(f"{'method':<12} " + " ".join(f"{label:>8}" for label in labels))
@@ -224,7 +264,126 @@ def main(argv: list[str] | None = None) -> int:
               "paper does not say. Parameters (token embedding excluded): "
               f"{(p.total - p.components['tok-emb']) / (c.total - c.components['tok-emb']):.2f} "
               f"(paper {PAPER['profd'][0] / PAPER['clip_reid'][0]:.2f}).")
-    return 0
+    status = 0
+    if "clip_reid" in by and "ccaf" in by:
+        status = print_ccaf_vs_clip_reid(by["clip_reid"], by["ccaf"])
+    if "clip_reid" in by and "clip_scgi" in by:
+        print_table_ii(image_size, None if args.no_train_time else (args.p, args.steps))
+    return status
+
+
+def print_ccaf_vs_clip_reid(c: Row, a: Row) -> int:
+    """CCAF at inference beside CLIP-ReID: the paper's claim that they cost the same."""
+    M, G = 1e6, 1e9
+    same = (a.inference, a.flops_per_image, a.flops_fixed) == (c.inference, c.flops_per_image, c.flops_fixed)
+    print("\nCCAF vs CLIP-ReID at inference (E_v alone, concat(CLS, projected CLS) before the BNNecks, cosine):")
+    print(f"{'':<22} {'clip_reid':>10} {'ccaf':>10}")
+    print(f"{'inference params (M)':<22} {c.inference / M:>10.2f} {a.inference / M:>10.2f}")
+    print(f"{'GFLOPs per image':<22} {c.flops_per_image / G:>10.2f} {a.flops_per_image / G:>10.2f}")
+    print(f"{'fixed GFLOPs per call':<22} {c.flops_fixed / G:>10.2f} {a.flops_fixed / G:>10.2f}")
+    print(f"{'training params (M)':<22} {c.total / M:>10.2f} {a.total / M:>10.2f}")
+    print(f"  {'equal' if same else 'DIFFERENT'} at inference; in training ccaf adds the shielding encoder "
+          f"E_v^s ({a.components['shield'] / M:.2f} M), Proj_c ({a.components['cfm'] / M:.2f} M) and the clothes "
+          f"prompts ({(a.components['prompts'] - c.components['prompts']) / M:+.2f} M of prompt context), none of "
+          "which embed_image reads.")
+    return 0 if same else 1
+
+
+def print_table_ii(image_size: tuple[int, int], timing: tuple[int, int] | None) -> None:
+    """CLIP-SCGI's Table II: parameters and training time, CLIP-ReID against CLIP-SCGI."""
+    M = 1e6
+    print("\nCLIP-SCGI Table II (parameters; training time estimated on this device, see the module docstring):")
+    per_image = {}
+    if timing is not None:
+        p, steps = timing
+        for name in ("clip_reid", "clip_scgi"):
+            per_image[name] = stage_costs(name, image_size, p, steps)
+        clock = "wall s" if torch.cuda.is_available() else "CPU s"
+        for name, stages in per_image.items():
+            shown = ", ".join(f"{s}: {epochs} epochs x {step * 1e3:.0f} ms + begin {begin * 1e3:.0f} ms per image"
+                              for s, epochs, step, begin in stages)
+            print(f"  {name}: {shown} ({clock})")
+    clock_h = "train wall h" if torch.cuda.is_available() else "train CPU h"
+    header = (f"{'dataset':<11} {'method':<10} {'total M':>8} {'no tok-emb M':>12} {'img+new M':>9} "
+              f"{clock_h + ' (est.)':>18} | {'paper M':>7} {'paper s':>7}")
+    print(header)
+    print("-" * len(header))
+    for dataset, (images, classes, paper) in TABLE_II.items():
+        for name in ("clip_reid", "clip_scgi"):
+            torch.manual_seed(0)
+            method = build(name, classes, image_size)
+            counts = component_counts(method)
+            total = sum(counts.values())
+            del method
+            gc.collect()
+            # the image side, the prompt learner and the new modules: what CLIP-ReID's 89 M can be
+            image_new = total - counts["text"] - counts["tok-emb"]
+            hours = "—"
+            if name in per_image:
+                seconds = sum(images * (epochs * step + begin) for _, epochs, step, begin in per_image[name])
+                hours = f"{seconds / 3600:.1f}"
+            pm, ps = paper[name]
+            print(f"{dataset:<11} {name:<10} {total / M:>8.2f} {(total - counts['tok-emb']) / M:>12.2f} "
+                  f"{image_new / M:>9.2f} {hours:>18} | {pm:>7} {ps:>7}")
+    paper_ratio = TABLE_II["market1501"][2]["clip_scgi"][1] / TABLE_II["market1501"][2]["clip_reid"][1]
+    if per_image:
+        ours = {n: sum(epochs * step + begin for _, epochs, step, begin in st) for n, st in per_image.items()}
+        print(f"  training time clip_scgi / clip_reid: {ours['clip_scgi'] / ours['clip_reid']:.2f} here "
+              f"(paper: {paper_ratio:.2f} on Market-1501, "
+              f"{TABLE_II['msmt17'][2]['clip_scgi'][1] / TABLE_II['msmt17'][2]['clip_reid'][1]:.2f} on MSMT17)")
+    print("  The paper's 89 M / 113 M match neither total; 'img+new' (image side, prompt learner, CGI, CFF, "
+          "classifiers: the text tower left out) is the closest reading for CLIP-ReID. CLIP-SCGI trains its text "
+          "tower as well (the paper gives one lr 'for CLIP').")
+
+
+def stage_costs(name: str, image_size: tuple[int, int], p: int, steps: int) -> list[tuple[str, int, float, float]]:
+    """``(stage, paper epochs, seconds per training image per epoch, begin_stage seconds per image)``:
+    each stage's optimizer step timed at P x 4 images over a virtual split of P identities."""
+    import time
+
+    from reidbench.harness.optim import build_optimizer, set_trainable
+    from reidbench.harness.trainer import _StepModule
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_speed import batch_of  # bench/train_speed.py: a batch of random images, maps and texts
+
+    k = 4
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    clock = time.perf_counter if cuda else time.process_time
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return clock()
+
+    torch.manual_seed(0)
+    method = build(name, p, image_size).to(device)
+    generator = torch.Generator().manual_seed(0)
+    split = batch_of(torch.arange(p * k), k, image_size, device, generator)
+    out = []
+    for stage in method.stages():
+        set_trainable(method, stage)
+        t0 = now()
+        method.begin_stage(stage, lambda: iter([split]))
+        begin = (now() - t0) / (p * k)
+        module = _StepModule(method).train()
+        optimizer = build_optimizer(method, stage)
+
+        def step() -> None:
+            terms = module(split, stage)
+            sum(v for v in terms.values() if isinstance(v, torch.Tensor)).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # untimed: first-call allocations
+        t0 = now()
+        for _ in range(steps):
+            step()
+        out.append((stage.name, stage.epochs, (now() - t0) / steps / (p * k), begin))
+    del method
+    gc.collect()
+    return out
 
 
 if __name__ == "__main__":

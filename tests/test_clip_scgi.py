@@ -230,3 +230,48 @@ def test_the_sweep_rows_carry_the_published_ablation_names():
         rows = {t.ablation for t in module.trials(argparse.Namespace(smoke=smoke))}
         assert published <= rows, sorted(published - rows)
         assert "fixed_caption" in rows
+
+
+# ------------------------------------------------------- a whole run, logged
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_captions_logs_its_terms_and_evaluates_without_reading_one(tmp_path, fake_backbone_kind,
+                                                                                 monkeypatch):
+    """``reidbench train --method clip_scgi`` on a Market-layout folder: every training batch
+    carries the images' captions, ``id``/``triplet``/``con`` are logged by name, and no
+    validation or test batch is ever asked for a text (``NoTextBatch`` fails the run if one is)."""
+    from mlflow.tracking import MlflowClient
+
+    from reidbench.datasets.synthetic import synthesize
+    from reidbench.harness.api import train_run
+    from reidbench.harness.run_config import build_run_config
+    from reidbench.harness.tracking import tracking_uri
+    from reidbench.methods.clip_scgi import ClipScgi
+
+    seen = {"train": 0, "captioned": 0, "embedded": 0}
+    training_step, embed_image = ClipScgi.training_step, ClipScgi.embed_image
+
+    def spy_training_step(self, batch, stage):
+        seen["train"] += 1
+        seen["captioned"] += len(batch.get("caption") or []) == len(batch["pid"])
+        return training_step(self, batch, stage)
+
+    def spy_embed_image(self, batch):
+        seen["embedded"] += 1
+        return embed_image(self, NoTextBatch(batch))
+
+    monkeypatch.setattr(ClipScgi, "training_step", spy_training_step)
+    monkeypatch.setattr(ClipScgi, "embed_image", spy_embed_image)
+    root = synthesize(tmp_path / "synth", flavor="market", ids=16, seed=0, workers=1, image_size=(64, 32),
+                      images_per_id=4)["market"]
+    cfg = build_run_config(overrides=[
+        "method=clip_scgi", "preset=tiny", "data.dataset=market1501", f"data.root={root}", "data.p=4", "data.k=2",
+        "data.image_size=[32,16]", "data.num_workers=0", "data.val_fraction=0.25",
+        f"backbone.kind={fake_backbone_kind}", "backbone.pretrained=null", "optim.epochs_scale=0.2",
+        f"output_dir={tmp_path / 'runs'}", "tracking.experiment=scgi-run"])
+    metrics = train_run(cfg)
+    run = MlflowClient(tracking_uri(cfg)).get_run(metrics["run_id"])
+    assert {"train/id", "train/triplet", "train/con", "train/i2t", "train/t2i"} <= set(run.data.metrics)
+    assert seen["train"] > 0 and seen["captioned"] == seen["train"], seen
+    assert seen["embedded"] > 0 and "test/standard/mAP" in metrics and "val/mAP" in run.data.metrics

@@ -416,6 +416,12 @@ def _cell(row: pd.Series | None, metric: str, published_text: str | None, publis
     return text
 
 
+def _printed(value: float) -> str:
+    """A published number as the papers print them (one or two decimals): 67.0, 59.81."""
+    text = f"{value:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 def _escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
@@ -438,7 +444,7 @@ def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
         columns = list(dict.fromkeys(zip(pub["dataset"], pub["protocol"])))
         present = set(zip(pub["dataset"], pub["protocol"], pub["metric"]))
         metrics = {(d, p): [m for m in METRICS if (d, p, m) in present] for (d, p) in columns}
-        header = ["paper row", "method", "ablation", "setup", "seeds"]
+        header = ["paper row", "method", "ablation", "setup", "n seeds"]
         header += [f"{d}{'' if p == 'standard' else f' ({p})'} {m}" for (d, p) in columns for m in metrics[(d, p)]]
         body = []
         for (method, ablation, row_label), prow in pub.groupby(["method", "ablation", "row"], sort=False):
@@ -460,7 +466,9 @@ def paper_tables(board: pd.DataFrame, published: pd.DataFrame) -> list[str]:
                         value = float(hit["value"].iloc[0]) if len(hit) else float("nan")
                         cells.append(_cell(run, m, text, value) if text is not None or run is not None else "")
                 seed_text = seeds[0] if len(set(seeds)) == 1 else "/".join(seeds) if seeds else "0"
-                body.append([row_label, method, ablation, setup or "—", seed_text, *cells])
+                # the runs' own ablation tag where it is an alias of the paper's (a sweep's "full")
+                shown = "/".join(dict.fromkeys(ours.loc[ours["setup"] == setup, "ablation"])) or ablation
+                body.append([row_label, method, shown, setup or "—", seed_text, *cells])
         notes = {}
         for label, note in zip(pub["row"], pub["note"]):
             if note:
@@ -483,7 +491,7 @@ def to_markdown(board: pd.DataFrame, published: pd.DataFrame, experiment: str = 
     header = ["method", "ablation", "dataset", "protocol", "setup", "seeds", *METRICS, "published (source)"]
     body = []
     for _, r in board.iterrows():
-        pub = [f"{m} {r[f'published_{m}']:g}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
+        pub = [f"{m} {_printed(r[f'published_{m}'])}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
         source = f"{', '.join(pub)} ({r['published_source']})" if pub else ""
         body.append([r["method"], r["ablation"], r["dataset"], r["protocol"], r["setup"], r["seeds"],
                      *[_ours(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS], source])
@@ -508,6 +516,25 @@ def write_leaderboard(df: pd.DataFrame, out_dir: str | Path, experiment: str = "
 
 # ----------------------------------------------------------------------------- CLI
 
+def write_outputs(runs: pd.DataFrame, out_dir: str | Path, experiment: str = "",
+                  plots: bool = True) -> tuple[pd.DataFrame, list[Path], list[str]]:
+    """Everything a leaderboard writes from ``runs`` (:func:`load_runs`' frame) into ``out_dir``:
+    ``leaderboard.csv``/``.md`` (with the papers' tables), the sign agreement, the occlusion
+    robustness and, with ``plots``, ``plots/`` (CMC, sensitivity, robustness). Returns the board,
+    the files written and :func:`agreement_lines`. ``reidbench leaderboard`` and every sweep use it."""
+    published = load_published()
+    board = leaderboard_sorted(join_published(aggregate(runs), published))
+    paths = write_leaderboard(board, out_dir, experiment, published)
+    signs, agreement = write_sign_agreement(runs, out_dir, published, markdown=paths["markdown"])
+    robustness = write_robustness(runs, out_dir, markdown=paths["markdown"], plots=plots)
+    written = [*paths.values(), *signs.values(), *robustness.values()]
+    if plots:
+        from .plots import write_plots
+
+        written += write_plots(runs, Path(out_dir) / "plots")
+    return board, written, agreement
+
+
 def run_leaderboard_command(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
@@ -521,17 +548,7 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
         print(f"reidbench leaderboard: experiment {args.experiment!r} has no finished run with test metrics",
               file=sys.stderr)
         return 1
-    published = load_published()
-    board = join_published(aggregate(loaded.runs), published)
-    board = leaderboard_sorted(board)
-    paths = write_leaderboard(board, args.out, args.experiment, published)
-    signs, agreement = write_sign_agreement(loaded.runs, args.out, published, markdown=paths["markdown"])
-    robustness = write_robustness(loaded.runs, args.out, markdown=paths["markdown"], plots=not args.no_plots)
-    written = [*paths.values(), *signs.values(), *robustness.values()]
-    if not args.no_plots:
-        from .plots import write_plots
-
-        written += write_plots(loaded.runs, Path(args.out) / "plots")
+    board, written, agreement = write_outputs(loaded.runs, args.out, args.experiment, plots=not args.no_plots)
     if args.log_to_run:
         from mlflow.tracking import MlflowClient
 

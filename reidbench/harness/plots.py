@@ -13,7 +13,9 @@ standard deviation as a band (error bars for the CMC).
 itself: within one (method, dataset, setup), a numeric param with at least three values
 is a sweep axis; the other params that vary (other axes, ablation switches) are held at
 their most common value, so a one-factor-at-a-time grid such as ProFD's m_g / m_p
-(each swept with the other at 0.2) gives one curve per factor. Its CMC plots use the
+(each swept with the other at 0.2) gives one curve per factor; an axis whose largest
+value is ``LOG_AXIS_RATIO`` (20) times its smallest or more (CCAF's λ grid, a decade
+either side of its centre) is drawn on a log scale. Its CMC plots use the
 ranks the runs log (R1, R5, R10); ``cmc_figure`` / ``plot_cmc`` draw full curves
 (``RankResult.cmc``) when the caller has them.
 """
@@ -30,6 +32,7 @@ import pandas as pd
 from .leaderboard import NON_SETTINGS
 
 SWEEP_MIN_VALUES = 3
+LOG_AXIS_RATIO = 20.0  # a swept axis whose largest value is this many times its smallest is drawn in log scale
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
@@ -97,13 +100,20 @@ def sensitivity_figure(table: pd.DataFrame, param: str, title: str = "", metrics
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     if not numeric:
         ax.set_xticks(x, [str(v) for v in table["value"]])
+    elif x.min() > 0 and x.max() / x.min() >= LOG_AXIS_RATIO:
+        # values a decade or more apart either side of a centre (CCAF's λ grid): evenly spaced on a log axis
+        ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
+    elif len(x) <= 12:
+        ax.set_xticks(x, [f"{v:g}" for v in x])  # the swept values, not 1.5 between depths 1 and 2
     ax.set_xlabel(_param_label(param))
     ax.set_ylabel("%")
     ax.grid(True, alpha=0.3)
     ax.legend()
     seeds = sorted(set(table["n"]))
-    ax.set_title(f"{title}\n(mean ± std over {'/'.join(map(str, seeds))} seeds)" if title else
-                 f"mean ± std over {'/'.join(map(str, seeds))} seeds", fontsize=9)
+    over = f"mean ± std over {'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'}"
+    ax.set_title(f"{title}\n({over})" if title else over, fontsize=9)
     return fig
 
 

@@ -271,23 +271,22 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     return 0
 
 
-def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> None:
-    """The sweep's leaderboard, with the sign agreement of its ablations with the papers'
-    and the occlusion robustness curves (``leaderboard.write_sign_agreement``, ``write_robustness``)."""
-    from .leaderboard import leaderboard, load_runs, write_leaderboard, write_robustness, write_sign_agreement
+def write_sweep_leaderboard(experiment: str, base: list[str], out: str) -> list[Path]:
+    """The sweep's leaderboard, as ``reidbench leaderboard`` writes it (``leaderboard.write_outputs``:
+    CSV, Markdown with the papers' tables, sign agreement, occlusion robustness, plots in
+    ``out/plots``); returns the files written."""
+    from .leaderboard import load_runs, write_outputs
     from .run_config import build_run_config
     from .tracking import tracking_uri
 
     cfg = build_run_config(overrides=base)
-    table = leaderboard(experiment, tracking_uri(cfg))
-    paths = write_leaderboard(table, out)
     runs = load_runs(experiment, tracking_uri(cfg)).runs
-    signs, agreement = write_sign_agreement(runs, out, markdown=paths["markdown"])
-    paths.update(signs)
-    paths.update(write_robustness(runs, out, markdown=paths["markdown"]))
+    _, written, agreement = write_outputs(runs, out, experiment)
     for line in agreement:
         print(f"[sweep] {line}")
-    print(f"[sweep] leaderboard: {paths}")
+    print(f"[sweep] leaderboard: {Path(out) / 'leaderboard.md'} (and .csv); "
+          f"{sum(p.suffix == '.png' for p in written)} plot(s) in {Path(out) / 'plots'}")
+    return written
 
 
 def check_gpus_per_trial(gpus: float | None) -> float | None:
