@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import (
     DualNeckHead,
@@ -183,6 +184,10 @@ class Ccaf(Method):
     config_cls = CcafConfig
     tasks = ("image",)
     requires = ("parsing", "clothes_id")
+    # CCAF is built on CLIP-ReID's pipeline (same augmentations, Sec. 4.2) and prints no
+    # normalisation: CLIP-ReID's released mean = std = 0.5, as clip_reid, so ccaf - clip_reid
+    # measures the method, not the pixels. Padding-crop always, as CLIP-ReID's code.
+    DATA_RECIPE = {"pixel_mean": CLIP_REID_MEAN, "pixel_std": CLIP_REID_STD}
     PRESETS = {"paper": CcafConfig.preset("paper"), "tiny": CcafConfig.preset("tiny")}
 
     def __init__(self, config: CcafConfig, backbone: nn.Module, spec: DataSpec) -> None:
@@ -251,6 +256,7 @@ class Ccaf(Method):
         image = Stage(name=IMAGE_STAGE, epochs=img.epochs, lr=img.lr, trainable=tuple(trainable), optimizer="adam",
                       weight_decay=img.weight_decay, schedule=cfg.image_schedule, warmup_epochs=img.warmup_epochs,
                       warmup_factor=img.warmup_factor, milestones=tuple(img.milestones), gamma=img.gamma,
+                      schedule_offset=img.schedule_offset,
                       param_groups=tuple((p, img.head_lr_mult) for p in new) if img.head_lr_mult != 1.0 else (),
                       loss_weights=tuple(weights))
         prompts = tuple(p for p, on in (("prompt_learner.", self.needs_id_prompts),
