@@ -8,6 +8,8 @@
 * ``banks``: ``FeatureBank``, features cached once before a stage.
 * ``encoding``: ``encode_images``, ``camera_ids``, ``image_side_prefixes``.
 * ``stages``: ``ImageStageConfig``, ``PromptStageConfig`` and the ``PresetConfig`` mixin.
+* ``gradnorm``: ``GradNorm`` (learned task weights balanced by GradNorm, BDAM Eqs. 5-6)
+  and its ``GradNormOutput``.
 
 Everything follows the community reference code so that numbers are comparable
 with published ones. Randomly initialised, paper-agnostic blocks (attention,
@@ -27,6 +29,7 @@ from __future__ import annotations
 from .banks import FeatureBank
 from .distances import cosine_distance, euclidean_dist
 from .encoding import TEXT_SIDE, camera_ids, encode_images, evaluating, image_side_prefixes
+from .gradnorm import GradNorm, GradNormOutput
 from .heads import (
     BNNeck,
     DualNeckHead,
@@ -51,6 +54,8 @@ __all__ = [
     "CrossEntropyLabelSmooth",
     "DualNeckHead",
     "FeatureBank",
+    "GradNorm",
+    "GradNormOutput",
     "HeadOutput",
     "ImageStageConfig",
     "PresetConfig",

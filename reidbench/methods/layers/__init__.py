@@ -11,12 +11,16 @@ prompt learners, ReID losses) are in ``reidbench.methods.components``.
 * ``CrossAttentionBlock``: pre-LN multi-head cross-attention with an FFN and
   residuals, optional key padding mask.
 * ``hsic``: the Hilbert-Schmidt independence criterion with linear kernels.
+* ``Mamba`` (one Mamba-1 selective-SSM mixer, mamba-ssm's parameter names; its
+  CUDA kernels on GPU, an exact PyTorch scan ``selective_scan`` elsewhere),
+  ``MambaBlock`` (pre-norm residual layer) and ``MambaStack`` (BDAM's fusion stack).
 """
 
 from __future__ import annotations
 
 from .cross_attention import CrossAttentionBlock
 from .hsic import hsic
+from .mamba import Mamba, MambaBlock, MambaStack, selective_scan
 from .mlp import Mlp
 
-__all__ = ["CrossAttentionBlock", "Mlp", "hsic"]
+__all__ = ["CrossAttentionBlock", "Mamba", "MambaBlock", "MambaStack", "Mlp", "hsic", "selective_scan"]
