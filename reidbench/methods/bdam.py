@@ -45,17 +45,20 @@ Eqs. 1 and 3.
 
 **GradNorm (Eqs. 5-6).** ``reidbench.methods.components.gradnorm.GradNorm`` over the
 enabled losses among ``info``, ``triplet``, ``aln``, ``decouple``: learnable
-``w_k = exp(s_k)``; the main loss is ``Σ w_k.detach() L_k`` (the task weights never get
-its gradient), the balancing term and ``λ Σ (log w_k)^2`` train only ``s_k``.
-*Shared layer*: ``proj.weight``, the two-branch projection, the last layer that every
-loss's gradient passes through (the identity losses reach it through the identity
-half, ``aln`` through the clothing half, ``decouple`` and the cross-attention through
-both); in the no-BDAM rows it is the single identity projection. α's role is a switch
-(``gradnorm_alpha_role``): ``"weight"`` (default) reads Eq. 6 as printed, α multiplies
-``L_GradNorm``; ``"restoring"`` is GradNorm's original restoring-force exponent on the
-loss ratios (Chen et al. 2018), with Eq. 5's balancing term weighted 1. Table IV's "w/o
-Gate Reg." row is the only regulariser the paper defines, ``λ Σ (log w_k)^2``: λ = 0.
-``gradnorm=False`` sums the losses with weight 1.
+``w_k = exp(s_k)``; the main loss is ``Σ w_k.detach() L_k`` (returned per task, so the
+task weights never get its gradient), the term ``gradnorm`` (Eq. 5's balancing plus
+``λ Σ (log w_k)^2``) trains only ``s_k``; ``L_k^0`` is the first step's loss, all-reduced
+across ranks. *Shared layer*: ``bdam.proj.weight``, the two-branch projection, the last
+layer every loss's gradient passes through (the identity losses reach it through the
+identity half, ``aln`` through the clothing half, ``decouple`` and the cross-attention
+through both); in the no-BDAM rows it is the single identity projection. α's role is a
+switch (``gradnorm_alpha_role``): ``"exponent"`` (default) makes Sec. IV-A's α = 1.5 what
+it is in GradNorm (Chen et al. 2018, whose published default is 1.5), the restoring-force
+exponent on the loss ratios; ``"weight"`` reads Eq. 6 as printed, α multiplying
+``L_GradNorm``. λ (``gradnorm_lambda``, 0.1) is not given; Table IV's "w/o Gate Reg." row is
+λ = 0, the only regulariser the paper defines. The task weights train at
+``gradnorm_lr_mult`` (100) times the lr without weight decay: at lr 1e-4 they would
+otherwise barely move in a run. ``gradnorm=False`` sums the losses with weight 1.
 
 **Mamba fusion (Sec. III-D).** An FFN aligns the visual identity features and the
 identity description's text features to ``fusion_dim`` (256 in the paper), a softmax
@@ -150,8 +153,9 @@ class BDAMConfig(PresetConfig):
     # GradNorm (Eqs. 5-6)
     gradnorm: bool = True
     gradnorm_alpha: float = 1.5
-    gradnorm_alpha_role: Literal["weight", "restoring"] = "weight"
-    gradnorm_lambda: float = 0.01  # λ of Σ (log w_k)^2; Table IV "w/o Gate Reg.": 0
+    gradnorm_alpha_role: Literal["exponent", "weight"] = "exponent"
+    gradnorm_lambda: float = 0.1  # λ of Σ (log w_k)^2 (not given); Table IV "w/o Gate Reg.": 0
+    gradnorm_lr_mult: float = 100.0  # the task weights' lr multiplier (not given)
     # Mamba fusion (Sec. III-D; Table III)
     fusion: bool = True
     fusion_dim: int = 256
@@ -174,9 +178,11 @@ class BDAMConfig(PresetConfig):
     warmup_factor: float = 0.1
 
     # tiny: the CPU benchmark, with t2i_baseline's tiny schedule (12 epochs, lr 1e-4, 2 warm-up
-    # epochs) so the two compare at equal training; a 64-d fusion for the 128-d tiny CLIP.
+    # epochs) so the two compare at equal training; BDAM at half the tiny tower's width (96 of
+    # 192: its 12 self-attention layers would otherwise cost three image towers) and a 64-d
+    # fusion for the 128-d joint space.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"epochs": 12, "warmup_epochs": 2, "fusion_dim": 64, "bdam_heads": 4},
+        "tiny": {"epochs": 12, "warmup_epochs": 2, "bdam_dim": 96, "bdam_heads": 4, "fusion_dim": 64},
     }
 
     def __post_init__(self) -> None:
@@ -365,9 +371,8 @@ class BDAMethod(Method):
             self.fusion = None
             self.out = nn.Linear(dim, backbone.embed_dim)
         self.task_names = cfg.tasks()
-        self.gradnorm = GradNorm(len(self.task_names), alpha=cfg.gradnorm_alpha, lam=cfg.gradnorm_lambda,
-                                 alpha_role=cfg.gradnorm_alpha_role) \
-            if cfg.gradnorm and len(self.task_names) > 1 else None
+        self.gradnorm = GradNorm(self.task_names, alpha=cfg.gradnorm_alpha, alpha_role=cfg.gradnorm_alpha_role,
+                                 reg_lambda=cfg.gradnorm_lambda) if cfg.gradnorm and len(self.task_names) > 1 else None
 
     # ------------------------------------------------------------------ contract
 
@@ -405,7 +410,7 @@ class BDAMethod(Method):
         return [Stage(name=TRAIN_STAGE, epochs=cfg.epochs, lr=cfg.lr, trainable=(*image_side, *text_side, *own),
                       optimizer="adam", weight_decay=cfg.weight_decay, schedule="cosine",
                       warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor,
-                      param_groups=(("gradnorm.", 1.0, 0.0),) if self.gradnorm is not None else ())]
+                      param_groups=(("gradnorm.", cfg.gradnorm_lr_mult, 0.0),) if self.gradnorm is not None else ())]
 
     # ------------------------------------------------------------------ parts
 
@@ -435,7 +440,10 @@ class BDAMethod(Method):
         ids, mask = self._tokens(batch.get("id_description"), "id_description")
         if tokens:
             text = self.backbone.encode_text_tokens(ids, mask)
-            return self.fusion(image, text.tokens, text.attention_mask.bool())
+            # Padding sits after each description's last token; cut the columns no row uses
+            # (CLIP pads every text to 77), so Mamba scans only what some description fills.
+            length = int(text.attention_mask.sum(1).max())
+            return self.fusion(image, text.tokens[:, :length], text.attention_mask[:, :length].bool())
         return self.fusion(image, self.backbone.encode_text(ids, mask))
 
     def forward_image(self, batch: dict, fuse: bool = True
@@ -471,7 +479,7 @@ class BDAMethod(Method):
             losses["decouple"] = hsic(parts["f_id"], parts["f_clo"])
         losses = {k: losses[k] for k in self.task_names}
 
-        logged: dict[str, torch.Tensor] = {f"raw_{k}": v.detach() for k, v in losses.items()}
+        logged: dict[str, torch.Tensor] = {f"raw_{k}": v.detach().float() for k, v in losses.items()}
         if self.bdam.clothing and cfg.gate:
             g = parts["g"].detach()
             logged.update(gate_id=g.mean(), gate_clo=(1 - g).mean())
@@ -480,11 +488,11 @@ class BDAMethod(Method):
         if self.gradnorm is None:
             terms = dict(losses)
         else:
-            balanced = self.gradnorm(list(losses.values()), [self.bdam.proj.weight])
-            terms = {k: v for k, v in zip(self.task_names, balanced.weighted)}
-            terms["gradnorm"] = balanced.gradnorm
-            terms["weight_reg"] = balanced.regularizer
-            logged.update({f"w_{k}": w for k, w in zip(self.task_names, balanced.weights.detach())})
+            balanced = self.gradnorm(losses, shared=self.bdam.proj.weight)
+            # Per task w_k.detach() * L_k (they sum to GradNorm's ``weighted``), so each is logged.
+            terms = {k: balanced.weights[k] * losses[k] for k in self.task_names}
+            terms["gradnorm"] = balanced.gradnorm  # trains only the task weights
+            logged.update(balanced.logged)
         terms[LOGGED] = logged
         return terms
 
