@@ -24,8 +24,8 @@ onto ``params.*`` (``reidbench/methods/bdam.py`` documents each switch):
 Beyond the tables: ``image_only_gallery`` (``gallery_texts=none``: no identity
 descriptions, at training or test time) and ``global_sequence`` (Mamba over the printed
 length-one ``W_img f_img + W_txt f_txt``). The α x λ grid (α ∈ {0.5, 1, 1.5, 2}, the
-paper's 1.5; λ ∈ {0.001, 0.01, 0.1}, the paper gives no value, the default is 0.01) runs
-outside ``--smoke``; ``reidbench leaderboard`` draws α and λ sensitivity plots from it.
+paper's 1.5, in GradNorm's exponent role; λ ∈ {0.01, 0.1, 1}: the paper gives no value, the
+default is 0.1) runs outside ``--smoke``; ``reidbench leaderboard`` draws α and λ sensitivity plots from it.
 """
 
 import sys
@@ -33,7 +33,7 @@ import sys
 from reidbench.harness.tune import Trial, ablation_grid, param_grid, sweep_main
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0)
-LAMBDAS = (0.001, 0.01, 0.1)
+LAMBDAS = (0.01, 0.1, 1.0)
 
 NO_FUSION = {"fusion": False}
 NO_BDAM = {"bdam": False}

@@ -508,4 +508,4 @@ class BDAMethod(Method):
         return self.encode_pooled(batch.get("caption"), "caption")
 
 
-__all__ = ["BDAM", "BDAMConfig", "BDAMethod", "MambaFusion", "TASKS", "alignment_loss", "squared_triplet"]
+__all__ = ["BDAM", "TASKS", "BDAMConfig", "BDAMethod", "MambaFusion", "alignment_loss", "squared_triplet"]
