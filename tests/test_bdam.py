@@ -230,7 +230,7 @@ def test_a_tiny_run_on_synthetic_pedes_validates_with_text_and_logs_the_balancin
     cfg = build_run_config(overrides=[
         "method=bdam", "preset=tiny", "data.dataset=cuhk_pedes", f"data.root={pedes_root}", "data.image_size=[32,16]",
         "data.p=4", "data.k=2", "data.num_workers=0", f"backbone.kind={fake_backbone_kind}", "backbone.pretrained=null",
-        "params.bdam_depth=1", "params.fusion_dim=16", "optim.epochs_scale=0.25", f"output_dir={tmp_path}"])
+        "params.bdam_depth=1", "params.fusion_dim=16", "optim.epochs_scale=0.17", f"output_dir={tmp_path}"])
     epochs: list[dict] = []
     final = fit(cfg, WorkerEnv(on_epoch=epochs.append))
     assert len(epochs) >= 2
