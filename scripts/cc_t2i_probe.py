@@ -20,8 +20,9 @@ generator's own world (``reidbench.datasets.synthetic``), for the run's test spl
   i.e. the ordinary task with every caption variant.
 
 Scoring: mAP / R1 / R5 / R10 / mINP with every gallery image of the caption's identity a
-match and, as the ``cc`` image protocol does, gallery images of that identity in the
-caption's own outfit junk (in the changed-outfit probe there are none). Before scoring,
+match and nothing junk (the evaluation engine's ``standard`` protocol, with a query camera
+no gallery image has). In the changed-outfit probe no gallery image of the identity wears
+the caption's outfit (by construction), so this equals the ``cc`` protocol there. Before scoring,
 the world is checked against the dataset: every test caption of the dataset must be one
 of the templates of its image's (identity, outfit), else the probe refuses (the generator
 or the generation parameters differ). Writes one row per (run, probe) and prints them.
@@ -108,7 +109,7 @@ def score(method, probe: dict, image_size, batch_size: int, device) -> dict[str,
             qf, gf, np.array([q.pid for q in queries]), np.array([g.pid for g in gallery]),
             np.array([q.camid for q in queries]), np.array([g.camid for g in gallery]),
             q_clothes=np.array([q.clothes_id for q in queries]), g_clothes=np.array([g.clothes_id for g in gallery]),
-            protocol="cc", metric=metric)
+            protocol="standard", metric=metric)
         out[name] = {**result.summary(), "queries": float(len(queries))}
     return out
 
