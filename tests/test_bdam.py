@@ -266,3 +266,32 @@ def test_the_probe_describes_outfits_the_gallery_never_shows(pedes_root):
     for wrong in ({"seed": 1}, {"difficulty": 0.5}):  # a world that did not write the dataset is refused
         with pytest.raises(ValueError, match="not written by this generator"):
             build_probe(dataset, {**generation, **wrong})
+
+
+# ------------------------------------------------------------------ the α x λ plots
+
+
+def test_the_alpha_lambda_grid_gets_curves_and_a_heatmap(tmp_path):
+    import itertools
+
+    import pandas as pd
+
+    from reidbench.harness import plots
+
+    rows = []
+    for alpha, lam, seed in itertools.product((0.5, 1.0, 1.5, 2.0), (0.01, 0.1, 1.0), (0, 1)):
+        map_ = 50 + 4 * alpha - 3 * lam + seed  # a known surface
+        rows.append({"method": "bdam", "ablation": f"gradnorm_alpha={alpha},gradnorm_lambda={lam}",
+                     "dataset": "synthetic_pedes", "seed": str(seed), "setup": "tiny/synthetic",
+                     "params.params.gradnorm_alpha": str(alpha), "params.params.gradnorm_lambda": str(lam),
+                     "metrics.test/t2i/mAP": map_, "metrics.test/t2i/R1": map_ + 5,
+                     "metrics.test/t2i/R5": map_ + 20, "metrics.test/t2i/R10": map_ + 30})
+    runs = pd.DataFrame(rows)
+    table = plots.grid_table(runs, "params.params.gradnorm_alpha", "params.params.gradnorm_lambda", "t2i")
+    assert table.shape == (3, 4) and table.loc[0.1, 1.5] == pytest.approx(50 + 6 - 0.3 + 0.5)  # seed mean
+    names = sorted(p.name for p in plots.write_plots(runs, tmp_path))
+    assert any(n.startswith("grid_bdam_synthetic_pedes_t2i") and "gradnorm_alpha" in n for n in names)
+    assert any(n.startswith("sensitivity_bdam") and n.endswith("gradnorm_alpha.png") for n in names)
+    assert any(n.startswith("sensitivity_bdam") and n.endswith("gradnorm_lambda.png") for n in names)
+    hole = (runs["params.params.gradnorm_alpha"] == "2.0") & (runs["params.params.gradnorm_lambda"] == "0.1")
+    assert len(plots.grid_pairs(runs)) == 1 and not plots.grid_pairs(runs[~hole])  # an incomplete grid: no heatmap
