@@ -295,3 +295,22 @@ def test_the_alpha_lambda_grid_gets_curves_and_a_heatmap(tmp_path):
     assert any(n.startswith("sensitivity_bdam") and n.endswith("gradnorm_lambda.png") for n in names)
     hole = (runs["params.params.gradnorm_alpha"] == "2.0") & (runs["params.params.gradnorm_lambda"] == "0.1")
     assert len(plots.grid_pairs(runs)) == 1 and not plots.grid_pairs(runs[~hole])  # an incomplete grid: no heatmap
+
+
+def test_a_gallery_without_identity_descriptions_is_refused_before_training(pedes_root):
+    from dataclasses import replace
+
+    from reidbench.datasets import build_dataset
+    from reidbench.harness.trainer import check_eval_texts
+    from reidbench.harness.validation import plan_validation
+
+    dataset = build_dataset("cuhk_pedes", str(pedes_root))
+    train, validation = plan_validation(dataset, 0.1, 0)
+    check_eval_texts(build(), dataset, validation, "bdam")  # the synthetic set has them everywhere
+    check_eval_texts(build(gallery_texts="none"), dataset, validation, "bdam")
+    bare = [replace(s, texts=tuple(t for t in s.texts if t[0] != "id_description"))
+            for s in dataset.splits["test_images"]]
+    dataset.splits["test_images"] = bare
+    with pytest.raises(ValueError, match=r"requires id_description: \d+ of \d+ test_images \(evaluated\) samples"):
+        check_eval_texts(build(), dataset, validation, "bdam")
+    check_eval_texts(build(gallery_texts="none"), dataset, validation, "bdam")  # image only reads none
