@@ -196,6 +196,17 @@ def test_logged_values_reference_losses_and_eval_mode():
     assert out.gradnorm.item() == 0.0 and out.gradnorm.requires_grad
 
 
+def test_a_loss_that_starts_at_zero_takes_its_reference_when_it_first_is_positive():
+    shared, x, y_a, y_b = toy_problem()
+    gn = GradNorm(("a", "b"))
+    losses = task_losses(shared, x, y_a, y_b)
+    out = gn({"a": losses["a"], "b": 0.0 * losses["b"]}, shared=shared.weight)
+    assert torch.isfinite(out.gradnorm) and gn.initialised.tolist() == [True, False]
+    gn({"a": losses["a"], "b": losses["b"]}, shared=shared.weight)
+    assert gn.initialised.tolist() == [True, True]
+    torch.testing.assert_close(gn.initial_losses, torch.stack([losses["a"], losses["b"]]).detach())
+
+
 def test_bad_input_is_refused():
     shared, x, y_a, y_b = toy_problem()
     losses = task_losses(shared, x, y_a, y_b)

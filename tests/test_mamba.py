@@ -110,6 +110,12 @@ def test_output_at_t_does_not_depend_on_later_inputs():
 
 
 def test_agrees_with_transformers_mamba_mixer_and_checkpoints_move_both_ways():
+    import importlib.util
+
+    if any(importlib.util.find_spec(p) is not None for p in ("mamba_ssm", "causal_conv1d")):
+        # transformers (5.24) binds these packages' CUDA functions when it is imported and then
+        # calls them for CPU tensors too: its mixer is no CPU oracle on such a machine
+        pytest.skip("mamba-ssm / causal-conv1d installed: transformers' MambaMixer would call CUDA kernels on CPU")
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 

@@ -36,6 +36,13 @@ The GradNorm step, per training step (``K`` tasks)::
     r_k = (L_k / L_k^0) / mean_j (L_j / L_j^0)               (L_k^0: L_k at the first step)
     L_grad = sum_k | G_k - G_ref r_k^p |                     (the target detached)
 
+``L_k^0`` is taken at the first training step where ``L_k > 0`` (a margin loss can
+start at exactly 0); until then task k's ratio counts as 1. A task that trains
+slower than the others (larger ``r_k``) gets a larger gradient-norm target, hence
+more weight, for ``p > 0``: Chen et al.'s restoring force. (LibMTL's GradNorm,
+the test oracle, agrees; gradnorm-pytorch 0.2.3 targets ``G_ref r_k^-alpha``, the
+opposite force, and matches this module only at ``alpha = 0``.)
+
 ``alpha_role`` resolves the paper's ambiguity about ``alpha`` (Sec. IV-A gives
 "GradNorm (alpha = 1.5)", which is GradNorm's restoring-force exponent; Eq. 6
 writes ``alpha * L_GradNorm`` as a loss weight, with Eq. 5's target ``r_k G_ref``
@@ -69,6 +76,9 @@ are the global batch's, identical on every rank), and so are the gradients
 loss is a mean over an equal share of the batch). The task weights then stay
 identical across ranks whatever the data-parallel wrapper does with their
 gradients. Costs ``K`` all-reduces of ``W``'s size per step.
+
+Under DeepSpeed, ZeRO stages 1-2 work like DDP; ZeRO-3 partitions the shared
+parameter, whose gradient ``torch.autograd.grad`` then cannot see: not supported.
 
 Outside training (``module.eval()``) or without autograd, ``gradnorm`` is a zero
 that still depends on the task weights (so DDP sees them used) and nothing is
@@ -138,7 +148,7 @@ class GradNorm(nn.Module):
         self.eps = eps
         self.log_weights = nn.Parameter(torch.zeros(len(tasks)))  # s_k: w_k = exp(s_k) (or K softmax(s))
         self.register_buffer("initial_losses", torch.zeros(len(tasks)))
-        self.register_buffer("initialised", torch.tensor(False))
+        self.register_buffer("initialised", torch.zeros(len(tasks), dtype=torch.bool))
 
     def weights(self) -> torch.Tensor:
         """``w_k`` as a differentiable tensor ``[K]`` (task order of ``tasks``)."""
@@ -190,10 +200,13 @@ class GradNorm(nn.Module):
         grad_norms = w * torch.stack(norms)  # G_k: the gradient norm of w_k L_k
 
         losses = _mean_over_ranks(values)
-        if not bool(self.initialised):
-            self.initial_losses.copy_(losses)
-            self.initialised.fill_(True)
-        ratios = losses / self.initial_losses.clamp_min(self.eps)
+        # L_k^0 is L_k at the first step where it is positive (a triplet loss can start at 0);
+        # until then that task's ratio is 1
+        fresh = ~self.initialised & (losses > self.eps)
+        self.initial_losses.copy_(torch.where(fresh, losses, self.initial_losses))
+        self.initialised.logical_or_(fresh)
+        ratios = torch.where(self.initialised, losses / self.initial_losses.clamp_min(self.eps),
+                             torch.ones_like(losses))
         ratios = ratios / ratios.mean().clamp_min(self.eps)
         power = self.alpha if self.alpha_role == "exponent" else 1.0
         target = (grad_norms.mean() * ratios ** power).detach()

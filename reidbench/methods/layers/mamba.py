@@ -34,7 +34,7 @@ from torch import nn
 # Time steps per chunk of the CPU scan: the discretised decays and inputs ([B, T, d_inner,
 # d_state] each) are materialised for one chunk at a time, so without autograd the scan's
 # extra memory is O(T * d_inner * d_state) whatever the length.
-SCAN_CHUNK = 256
+SCAN_CHUNK = 64
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -55,6 +55,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     memory, exact up to float rounding. A parallel (log-space cumulative-sum) scan
     would need fewer Python steps but overflows ``exp(-cumsum(delta A))`` once the
     decays are strong, which training reaches; the sequential form cannot.
+    ``chunk`` time steps' decays and inputs are materialised at a time (see
+    ``SCAN_CHUNK``); the result does not depend on it.
     """
     dtype = u.dtype
     batch, d, length = u.shape
@@ -72,14 +74,17 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     delta, B, C = delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
     h = u.new_zeros(batch, d, A.shape[1])
     outs = []
-    for start in range(0, length, chunk):
-        stop = min(start + chunk, length)
-        decay = torch.exp(delta[:, start:stop, :, None] * A)  # [B, T, d, n]
-        drive = dt_u[:, start:stop, :, None] * B[:, start:stop, None, :]  # [B, T, d, n]
-        readout = C[:, start:stop, :, None]  # [B, T, n, 1]
-        for t in range(stop - start):
-            h = torch.addcmul(drive[:, t], decay[:, t], h)
-            outs.append(torch.bmm(h, readout[:, t]))
+    with torch.autocast(u.device.type, enabled=False):  # autocast would run the readout bmm in 16 bits
+        for start in range(0, length, chunk):
+            stop = min(start + chunk, length)
+            decay = torch.exp(delta[:, start:stop, :, None] * A)  # [B, T, d, n]
+            drive = dt_u[:, start:stop, :, None] * B[:, start:stop, None, :]  # [B, T, d, n]
+            readout = C[:, start:stop, :, None]  # [B, T, n, 1]
+            # unbind, not indexing: one backward node per chunk; a select per step would
+            # scatter each step's gradient into a zeroed chunk-sized tensor (O(T) per step)
+            for drive_t, decay_t, readout_t in zip(drive.unbind(1), decay.unbind(1), readout.unbind(1)):
+                h = torch.addcmul(drive_t, decay_t, h)
+                outs.append(torch.bmm(h, readout_t))
     y = torch.cat(outs, dim=2)
     if D is not None:
         y = y + u * D.to(work)[:, None]
