@@ -47,9 +47,11 @@ def training_batch(method: Method) -> dict:
 
 
 def eval_batch(method: Method) -> dict:
-    """What the evaluation loader gives: no label maps, no training texts."""
-    batch = requirement_batch((), NUM_CLASSES, tuple(method.backbone.image_size), seed=1)
-    return {k: batch[k] for k in ("image", "pid", "camid", "clothes_id", "index")}
+    """What the evaluation loader gives: no label maps, no training texts, only the texts the
+    method declares in ``eval_text_kinds``."""
+    kinds = method.eval_text_kinds()
+    batch = requirement_batch(kinds, NUM_CLASSES, tuple(method.backbone.image_size), seed=1)
+    return {k: batch[k] for k in ("image", "pid", "camid", "clothes_id", "index", *kinds)}
 
 
 # ------------------------------------------------------------------ checks

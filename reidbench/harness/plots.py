@@ -15,7 +15,8 @@ is a sweep axis; the other params that vary (other axes, ablation switches) are 
 their most common value, so a one-factor-at-a-time grid such as ProFD's m_g / m_p
 (each swept with the other at 0.2) gives one curve per factor; an axis whose largest
 value is ``LOG_AXIS_RATIO`` (20) times its smallest or more (CCAF's λ grid, a decade
-either side of its centre) is drawn on a log scale. Its CMC plots use the
+either side of its centre) is drawn on a log scale; two axes that the runs cross in full
+(BDAM's GradNorm α x λ) also get a heatmap of mAP (``grid_*.png``). Its CMC plots use the
 ranks the runs log (R1, R5, R10); ``cmc_figure`` / ``plot_cmc`` draw full curves
 (``RankResult.cmc``) when the caller has them.
 """
@@ -155,6 +156,55 @@ def one_factor_runs(runs: pd.DataFrame, param: str) -> pd.DataFrame:
     return runs[keep]
 
 
+def grid_table(runs: pd.DataFrame, x: str, y: str, protocol: str, metric: str = "mAP") -> pd.DataFrame:
+    """Mean over seeds of ``metric`` on a two-parameter grid: rows ``y`` values, columns ``x``
+    values (NaN where the grid has no run), e.g. BDAM's GradNorm α x λ."""
+    col = f"metrics.test/{protocol}/{metric}"
+    missing = [c for c in (x, y, col) if c not in runs]
+    if missing:
+        raise KeyError(f"no column(s) {missing} among the runs")
+    frame = runs[[x, y, col]].dropna()
+    frame = frame.assign(_x=pd.to_numeric(frame[x]), _y=pd.to_numeric(frame[y]), _v=frame[col].astype(float))
+    return frame.pivot_table(index="_y", columns="_x", values="_v", aggfunc="mean").rename_axis(
+        index=_param_label(y), columns=_param_label(x))
+
+
+def grid_figure(table: pd.DataFrame, title: str = "", metric: str = "mAP"):
+    """A heatmap of ``grid_table``, each cell annotated with its value."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(table.shape[1]), [f"{v:g}" for v in table.columns])
+    ax.set_yticks(range(table.shape[0]), [f"{v:g}" for v in table.index])
+    ax.set_xlabel(table.columns.name)
+    ax.set_ylabel(table.index.name)
+    for (i, j), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, ax=ax, label=f"{metric} (%), mean over seeds")
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def grid_pairs(runs: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """Pairs of swept params that the runs cross (every combination present, the other
+    varying params at their most common value): ``(x, y, those runs)``."""
+    pairs = []
+    swept = swept_params(runs)
+    for i, x in enumerate(swept):
+        for y in swept[i + 1:]:
+            keep = pd.Series(True, index=runs.index)
+            for col in _varying(runs):
+                if col not in (x, y):
+                    keep &= runs[col] == runs[col].mode(dropna=True).iloc[0]
+            subset = runs[keep].dropna(subset=[x, y])
+            xs, ys = subset[x].nunique(), subset[y].nunique()
+            if xs >= 2 and ys >= 2 and len(subset[[x, y]].drop_duplicates()) == xs * ys:
+                pairs.append((x, y, subset))
+    return pairs
+
+
 # ----------------------------------------------------------------------------- CMC
 
 def cmc_figure(curves: Mapping[str, Sequence[float] | Mapping[int, float]], title: str = "",
@@ -238,6 +288,11 @@ def write_plots(runs: pd.DataFrame, out_dir: str | Path, run_id: str | None = No
                     title = f"{method} on {dataset} ({protocol}), setup {setup}"
                     written.append(plot_sensitivity(subset, param, path, protocol, title=title, run_id=run_id,
                                                     tracking_uri=tracking_uri))
+                for x, y, subset in grid_pairs(mgroup):
+                    path = out / f"{_slug('grid', method, dataset, protocol, setup, _param_label(x), _param_label(y))}.png"
+                    title = f"{method} on {dataset} ({protocol}), setup {setup}"
+                    written.append(_save(grid_figure(grid_table(subset, x, y, protocol), title), path, run_id,
+                                         tracking_uri, "plots"))
     return written
 
 

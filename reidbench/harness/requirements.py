@@ -33,12 +33,13 @@ _HOW_TO_ADD = {
 
 
 def check_requirements(samples: Iterable[Sample], requires: Iterable[str], method_name: str,
-                       root: str | None = None) -> None:
+                       root: str | None = None, what: str = "training") -> None:
     """Raise ValueError when a training sample lacks something the method requires:
     ``mask`` / ``parsing`` (a map on disk), ``clothes_id`` (known), or a text kind (at
     least one variant). The message counts the samples lacking it and names the first
     few (relative to ``root`` when given, else by file name); every failing requirement
-    gets its own line of one message."""
+    gets its own line of one message. ``what`` names the samples in the message (an evaluated
+    split for a method's ``eval_text_kinds``)."""
     samples = list(samples)
     problems = []
     for requirement in requires:
@@ -53,7 +54,7 @@ def check_requirements(samples: Iterable[Sample], requires: Iterable[str], metho
         first = ", ".join(shown) + (", ..." if len(lacking) > MAX_NAMED else "")
         how = _HOW_TO_ADD.get(requirement, "add them with data.texts=FILE.jsonl (README: Texts files)")
         problems.append(f"method {method_name!r} requires {requirement}: {len(lacking):,} of {len(samples):,} "
-                        f"training samples have none (first: {first}); {how}")
+                        f"{what} samples have none (first: {first}); {how}")
     if problems:
         raise ValueError("\n".join(problems))
 

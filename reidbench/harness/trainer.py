@@ -157,11 +157,14 @@ def evaluate_retrieval(method: Method, query: list[Sample], gallery: list[Sample
     own_distance = type(method).distance is not Method.distance
     metric = method.distance if own_distance else "cosine"
     pixels = eval_pixels(cfg, method)
-    gf = embed(method, build_eval_loader(gallery, image_size, bs, **pixels), device, flip=options.flip)
+    kinds = method.eval_text_kinds()  # texts the method declares it reads at test time, and no others
+    gf = embed(method, build_eval_loader(gallery, image_size, bs, text_kinds=kinds, **pixels), device,
+               flip=options.flip)
     if protocol == "t2i":
         qf = embed(method, build_text_loader(query, bs), device, text=True)
         return retrieval_metrics(qf, gf, [s.pid for s in query], [s.pid for s in gallery], metric=metric)
-    qf = embed(method, build_eval_loader(query, image_size, bs, **pixels), device, flip=options.flip)
+    qf = embed(method, build_eval_loader(query, image_size, bs, text_kinds=kinds, **pixels), device,
+               flip=options.flip)
     labels = (np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
               np.array([s.camid for s in query]), np.array([s.camid for s in gallery]))
     if options.rerank:
@@ -279,7 +282,27 @@ def prepare(cfg: RunConfig) -> Prepared:
     backbone = build_backbone(cfg.backbone.kind, cfg.backbone.preset, cfg.backbone.pretrained,
                               image_size=cfg.data.image_size, num_cameras=num_cameras if cfg.backbone.sie else 0)
     method = method_cls(method_config(cfg), backbone, spec)
+    check_eval_texts(method, dataset, validation, cfg.method)
     return Prepared(dataset, train, validation, method, tuple(backbone.image_size))
+
+
+def check_eval_texts(method: Method, dataset: ReidDataset, validation: Validation, name: str) -> None:
+    """Before training: every image split the run evaluates (validation and test, gallery and
+    image queries) carries the texts the method reads at test time (``eval_text_kinds``)."""
+    kinds = method.eval_text_kinds()
+    if not kinds:
+        return
+    splits: dict[str, list[Sample]] = {}
+    if validation.enabled:
+        splits["validation gallery"] = validation.gallery
+        if validation.protocol != "t2i":
+            splits["validation query"] = validation.query
+    for ev in dataset.evaluations:
+        splits[ev.gallery] = dataset.splits[ev.gallery]
+        if ev.protocol != "t2i":
+            splits[ev.query] = dataset.splits[ev.query]
+    for what, samples in splits.items():
+        check_requirements(samples, kinds, name, root=dataset.root, what=f"{what} (evaluated)")
 
 
 def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:

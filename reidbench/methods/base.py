@@ -145,6 +145,16 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must define training_step()")
 
     # -- inference -------------------------------------------------------
+    def eval_text_kinds(self) -> tuple[str, ...]:
+        """Text kinds (from ``TEXT_KINDS``) this method reads from *image* batches at
+        evaluation: texts a deployment has for every gallery image (e.g. BDAM's identity
+        descriptions, generated offline). Default none: a method must not read annotation
+        at test time that it does not declare here. The harness checks the evaluated
+        image splits carry them before training, and its evaluation loaders then yield
+        ``batch[kind]`` for exactly these kinds. An instance method: it may depend on the
+        config."""
+        return ()
+
     def embed_image(self, batch: dict) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must define embed_image()")
 

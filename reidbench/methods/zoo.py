@@ -6,3 +6,4 @@ from . import clip_scgi  # noqa: F401
 from . import profd  # noqa: F401
 from . import scing  # noqa: F401
 from . import t2i_baseline  # noqa: F401
+from . import bdam  # noqa: F401
