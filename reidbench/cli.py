@@ -15,13 +15,17 @@ def _data_synth(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"\d+x\d+", args.image_size.strip()):
         raise ValueError(f"--image-size {args.image_size!r}: expected HEIGHTxWIDTH in pixels, e.g. 128x64")
     size = tuple(int(v) for v in args.image_size.strip().split("x"))
-    if args.ids < 10:
-        raise ValueError(f"--ids {args.ids}: expected at least 10 identities per flavor (each flavor splits them "
-                         "into train / test, and PEDES also val)")
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: expected at least 1")
-    written = synthesize(args.out, flavor=args.flavor, ids=args.ids, seed=args.seed, mask_noise=args.mask_noise,
-                         difficulty=args.difficulty, image_size=size, workers=args.workers)
+    from pathlib import Path
+
+    from .cache import cache_lock
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; expected a folder to write the benchmarks into")
+    with cache_lock(Path(args.out) / ".synth.lock", f"synthetic benchmarks in {args.out}"):
+        written = synthesize(args.out, flavor=args.flavor, ids=args.ids, seed=args.seed, mask_noise=args.mask_noise,
+                             difficulty=args.difficulty, image_size=size, workers=args.workers)
     for flavor, folder in written.items():
         print(f"{flavor:9s} -> {folder}")
     return 0
