@@ -107,6 +107,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def _score(prep, cfg, what: str) -> int:
     """Evaluate ``prep.method`` on every test protocol of ``prep.dataset`` and print the metrics."""
+    from ..datasets.check import check_images
+
+    # Every image the protocols read, checked in one pass before any is embedded.
+    check_images({split: prep.dataset.splits[split] for ev in prep.dataset.evaluations
+                  for split in (ev.gallery, ev.query)}, root=prep.dataset.root)
     device = local_device(None)  # CUDA where there is one, whatever the checkpoint trained on
     metrics = summarize_results(evaluate_test(prep.method.to(device), prep, cfg, device))
     print_metrics(f"{cfg.run_name} [{what}] on {cfg.data.dataset}", metrics)
