@@ -160,12 +160,17 @@ def checkpoint_folder(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
 
 def current_run_dir(cfg: RunConfig) -> Path:
-    """The newest run folder of ``cfg``'s resolved config (where ``--resume`` continues), or
-    the one a first run would create."""
+    """The newest run folder of ``cfg``'s resolved config (where ``--resume`` continues); else
+    the newest run folder of its name (where ``--resume --force`` continues); else the one a
+    first run would create."""
     cfg = resolve_device(cfg)
     chash = config_hash(resolved_dict(cfg))
     folders = attempt_folders(name_folder(cfg), chash)
-    return folders[-1] if folders else name_folder(cfg) / chash
+    if folders:
+        return folders[-1]
+    # None of this config: the newest run folder of the name (what --resume --force continues).
+    others = _all_run_folders(name_folder(cfg))
+    return others[0] if others else name_folder(cfg) / chash
 
 
 def latest_checkpoint(cfg: RunConfig, run_dir: Path | None = None) -> Path | None:
