@@ -411,6 +411,14 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(world, train
     assert resumed["run_id"] == killed.info.run_id and len(client.search_runs(["1"])) == 1
     keys = sorted(k for k in trained if k.startswith(("test/", "train/")))
     assert keys and {k: resumed[k] for k in keys} == {k: trained[k] for k in keys}
+    # Every epoch's logged loss too, the interrupted one included (its mean spans both processes).
+    reference = MlflowClient(f"sqlite:///{world['base'] / 'reference' / 'mlflow.db'}")
+
+    def history(c, run_id):
+        return sorted((m.step, m.value) for m in c.get_metric_history(run_id, "train/loss"))
+
+    assert history(client, killed.info.run_id) == history(reference, trained["run_id"])
+    assert len(history(client, killed.info.run_id)) == 3
     RESULTS["SIGTERM mid-epoch"] = {"clear": True, "lost": 0, "orphans": 0}
 
 
