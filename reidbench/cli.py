@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         command = " ".join(x for x in (args.command, getattr(args, "data_command", None)) if x)
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"reidbench {command}: {message}\n(reidbench --debug {command} ... shows the traceback)",
+        print(f"reidbench {command}: {message} [reidbench --debug {command} ... shows the traceback]",
               file=sys.stderr)
         return 2
 
