@@ -8,11 +8,24 @@ import sys
 
 
 def _data_synth(args: argparse.Namespace) -> int:
+    import re
+
     from .datasets.synthetic import synthesize
 
-    size = tuple(int(v) for v in args.image_size.split("x"))
-    written = synthesize(args.out, flavor=args.flavor, ids=args.ids, seed=args.seed, mask_noise=args.mask_noise,
-                         difficulty=args.difficulty, image_size=size, workers=args.workers)
+    if not re.fullmatch(r"\d+x\d+", args.image_size.strip()):
+        raise ValueError(f"--image-size {args.image_size!r}: expected HEIGHTxWIDTH in pixels, e.g. 128x64")
+    size = tuple(int(v) for v in args.image_size.strip().split("x"))
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: expected at least 1")
+    from pathlib import Path
+
+    from .cache import cache_lock
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a file; expected a folder to write the benchmarks into")
+    with cache_lock(Path(args.out) / ".synth.lock", f"synthetic benchmarks in {args.out}"):
+        written = synthesize(args.out, flavor=args.flavor, ids=args.ids, seed=args.seed, mask_noise=args.mask_noise,
+                             difficulty=args.difficulty, image_size=size, workers=args.workers)
     for flavor, folder in written.items():
         print(f"{flavor:9s} -> {folder}")
     return 0
@@ -34,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .datasets.synthetic_sets import DEFAULT_DIFFICULTY
 
     parser = argparse.ArgumentParser(prog="reidbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="synthesize or check datasets").add_subparsers(dest="data_command", required=True)
@@ -71,10 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a bad input raises (ConfigError and DatasetLayoutError are ValueErrors; unknown names are
+# KeyErrors; missing, unreadable or unwritable paths OSErrors): one line and exit code 2.
+INPUT_ERRORS = (ValueError, LookupError, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A bad input is one line on stderr (``reidbench CMD: what, where,
+    what was expected``) and exit code 2, without a traceback unless ``--debug``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except INPUT_ERRORS as exc:
+        if args.debug:
+            raise
+        command = " ".join(x for x in (args.command, getattr(args, "data_command", None)) if x)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"reidbench {command}: {message} [reidbench --debug {command} ... shows the traceback]",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

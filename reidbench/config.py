@@ -4,7 +4,11 @@ A misspelt key is an error naming the closest valid key; a value of the wrong ty
 names the key and the type expected. YAML is read with ``yaml.safe_load`` only, and
 override values are parsed the same way (``lr=5e-5``, ``parts=[head,legs]``), never
 evaluated. A YAML file may start with ``_base_: other.yaml`` (relative to itself) to
-inherit from another file, fast-reid style.
+inherit from another file, fast-reid style; a cycle of ``_base_`` files is an error naming
+the chain. Broken YAML and tags safe loading refuses (``!!python/object``) are a
+:class:`ConfigError` naming the file and line, never a parser traceback. Values that are
+paths or names given as command-line flags travel as ``values`` (already typed), never
+through the YAML parser: ``--root "/data/a #1"`` stays that folder.
 """
 
 from __future__ import annotations
@@ -26,26 +30,63 @@ class ConfigError(ValueError):
 
 
 def load_config(cls: type[T], files: typing.Iterable[str | Path] = (), overrides: typing.Iterable[str] = (),
-                base: dict | None = None) -> T:
-    """Build ``cls`` from ``base``, then each YAML file in order, then ``key=value`` overrides."""
+                base: dict | None = None, values: dict | None = None) -> T:
+    """Build ``cls`` from ``base``, then each YAML file in order, then ``values`` (typed values
+    by dotted key, e.g. command-line flags: never parsed as YAML), then ``key=value`` overrides."""
     data: dict = dict(base or {})
     for f in files:
         data = merge(data, read_yaml(f))
+    data = merge(data, nest(values or {}))
     data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data)
 
 
-def read_yaml(path: str | Path) -> dict:
+def nest(values: dict[str, Any]) -> dict:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}`` (values kept as they are)."""
+    out: dict = {}
+    for key, value in values.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+        via = f" (the _base_ of {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file {path}{via} does not exist")
+    real = path.resolve()
+    if real in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(real):], real))
+        raise ConfigError(f"config file {path}: _base_ files form a cycle ({cycle}); expected a chain that ends "
+                          "in a file without _base_")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.constructor.ConstructorError as exc:
+        mark = f", line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise ConfigError(f"config file {path}{mark}: {exc.problem} (only plain YAML is read: mappings, lists, "
+                          "strings, numbers, booleans, null; tags such as !!python/object are refused, never "
+                          "executed)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     base = data.pop("_base_", None)
     if base is not None:
-        data = merge(read_yaml(path.parent / base), data)
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"config file {path}: _base_ must be a file name (relative to {path.parent}), "
+                              f"got {base!r}")
+        data = merge(read_yaml(path.parent / base, (*_chain, real)), data)
     return data
 
 
@@ -59,8 +100,12 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.constructor.ConstructorError as exc:
+            raise ConfigError(f"override {item!r}: {exc.problem} (YAML tags such as !!python/object are refused, "
+                              "never executed)") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            raise ConfigError(f"override {item!r}: value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or exc}); quote it, e.g. key='a: b'") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -44,8 +44,15 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
     assert {k: first[k] for k in test_keys} == {k: again[k] for k in test_keys}, "same seed, same config, CPU"
 
     client, runs = runs_of(cfg)
-    assert len(runs) == 1, "a fresh run of the same configuration replaces the old one"
-    run = runs[0]
+    # A fresh run of the same configuration supersedes the old one: tagged, never deleted.
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    newest, older = sorted(runs, key=lambda r: r.info.start_time, reverse=True)
+    assert older.data.tags["superseded"] == newest.info.run_id and "superseded" not in newest.data.tags
+    assert first["run_dir"] != again["run_dir"]
+    from pathlib import Path
+
+    assert (Path(first["run_dir"]) / "best.safetensors").is_file(), "the superseded run's folder is kept"
+    run = newest
     assert run.info.status == "FINISHED" and run.info.run_name == "baseline/default/market1501/0"
     assert {run.data.tags[k] for k in ("method", "ablation", "dataset", "seed")} == {"baseline", "default",
                                                                                    "market1501", "0"}
@@ -71,14 +78,15 @@ def test_determinism_exact_resume_and_mlflow_statuses(tmp_path, market_root):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_run(cfg, on_epoch=crash)
     client, runs = runs_of(cfg)
-    assert [r.info.status for r in runs] == ["FAILED"]
-    failed_id = runs[0].info.run_id
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
+    failed_id = next(r.info.run_id for r in runs if r.info.status == "FAILED")
 
     # Resume continues the same MLflow run and ends exactly where the uninterrupted run did.
     resumed = train_run(cfg, resume=True)
     assert {k: resumed[k] for k in test_keys} == {k: first[k] for k in test_keys}
     client, runs = runs_of(cfg)
-    assert [(r.info.run_id, r.info.status) for r in runs] == [(failed_id, "FINISHED")]
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert [r.info.run_id for r in runs if "superseded" not in r.data.tags] == [failed_id]
     steps = [m.step for m in client.get_metric_history(failed_id, "train/loss")]
     assert sorted(set(steps)) == list(range(epochs))
 
@@ -105,9 +113,9 @@ def test_a_run_folder_without_validation_evaluates_its_last_epoch_and_one_with_v
     latest = tmp_path / "checkpoints" / "latest"
     latest.mkdir(parents=True)
     (latest / ckpt.MODEL_FILE).write_bytes(b"")
-    (latest / ckpt.CONFIG_FILE).write_text(yaml.safe_dump({"data": {"val_fraction": 0.0}}))
+    (latest / ckpt.CONFIG_FILE).write_text(yaml.safe_dump({"method": "baseline", "data": {"val_fraction": 0.0}}))
     assert locate(tmp_path) == (latest / ckpt.MODEL_FILE, latest)
-    (latest / ckpt.CONFIG_FILE).write_text(yaml.safe_dump({"data": {"val_fraction": 0.1}}))
+    (latest / ckpt.CONFIG_FILE).write_text(yaml.safe_dump({"method": "baseline", "data": {"val_fraction": 0.1}}))
     with pytest.raises(FileNotFoundError, match="no best.safetensors"):
         locate(tmp_path)
     (tmp_path / "best.safetensors").write_bytes(b"")

@@ -42,8 +42,12 @@ def synthetic_root(flavor: str, generation: dict | None = None) -> Path:
     params = {**DEFAULT_GENERATION, **(generation or {})}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     out = cache_root() / "synthetic" / key
-    written = synthesize(out, flavor=flavor, ids=params["ids"], seed=params["seed"], mask_noise=params["mask_noise"],
-                         difficulty=params["difficulty"], image_size=tuple(params["image_size"]))
+    from ..cache import cache_lock
+
+    with cache_lock(out.parent / f"{key}.{flavor}.lock", f"the {flavor} synthetic benchmark"):  # built once
+        written = synthesize(out, flavor=flavor, ids=params["ids"], seed=params["seed"],
+                             mask_noise=params["mask_noise"], difficulty=params["difficulty"],
+                             image_size=tuple(params["image_size"]))
     return Path(written[flavor])
 
 

@@ -23,26 +23,32 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def run_config_from_args(args: argparse.Namespace, extra: list[str] = ()):
     from .run_config import build_run_config
 
+    # Flags are values, never YAML: "--root '/data/a #1'" is that folder, "--root 2024" a string.
     shortcuts = {"method": args.method, "data.dataset": args.dataset, "data.root": args.root,
                  "preset": args.preset, "seed": args.seed, "output_dir": args.output_dir,
                  "tracking.tracking_uri": args.tracking_uri, "tracking.experiment": args.experiment}
     for key in ("workers", "strategy", "zero_stage"):
         if getattr(args, key, None) is not None:
             shortcuts[f"dist.{key}"] = getattr(args, key)
-    overrides = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(extra) + list(args.overrides)
-    return build_run_config(args.config, overrides)
+    for flag, key in (("--root", "data.root"), ("--output-dir", "output_dir")):
+        if shortcuts[key] is not None and not str(shortcuts[key]).strip():
+            raise ValueError(f"{flag}: expected a folder, got an empty string")
+    values = {k: v for k, v in shortcuts.items() if v is not None}
+    return build_run_config(args.config, list(extra) + list(args.overrides), values=values)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
+    """Exit codes: 0 done, 2 bad input (nothing written), 128 + signal number when a SIGTERM /
+    SIGINT stopped training (a checkpoint was written; ``--resume`` continues)."""
     from .api import train_run
+    from .trainer import TrainingInterrupted
 
+    cfg = run_config_from_args(args)
     try:
-        cfg = run_config_from_args(args)
         metrics = train_run(cfg, resume=args.resume, force=args.force, progress=sys.stderr.isatty())
-    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
-        print(f"reidbench train: {exc}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as exc:
+        print(f"reidbench train: {exc} (MLflow run marked KILLED)", file=sys.stderr)
+        return 128 + getattr(exc, "signum", 15)
     print_metrics(cfg.run_name, metrics)
     return 0
 

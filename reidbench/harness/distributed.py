@@ -17,21 +17,25 @@ from typing import Callable
 import torch
 
 from ..config import from_dict
-from .checkpoint import STATE_FILE
+from .checkpoint import STATE_FILE, CheckpointError, find_resumable, is_complete, manifest_problem, write_manifest
 from .run_config import RunConfig
 from .trainer import WorkerEnv, fit
 from .tracking import MlflowTracker
 
 
 class LocalStore:
-    """Epoch checkpoints in ``<folder>/latest`` (replaced atomically each epoch)."""
+    """Epoch checkpoints in ``<folder>/latest`` (replaced atomically each epoch). ``latest()``
+    falls back to ``latest.tmp`` / ``latest.old`` when ``latest`` is incomplete
+    (``checkpoint.find_resumable``; ``note`` then says which it took) and raises when
+    only incomplete ones exist."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.note = ""
 
     def latest(self) -> Path | None:
-        path = self.folder / "latest"
-        return path if (path / STATE_FILE).exists() else None
+        path, self.note = find_resumable(self.folder / "latest")
+        return path
 
     def save(self, write: Callable[[Path], None], metrics: dict[str, float]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -258,21 +262,70 @@ def _worker_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.dist.use_gpu else torch.device("cpu")
     tracker = MlflowTracker(config["uri"], config["run_id"]) if rank == 0 else None
-    env = WorkerEnv(rank=rank, world_size=world, device=device, store=RayStore(rank), tracker=tracker)
+    key = bytes.fromhex(config["checkpoint_key"]) if config.get("checkpoint_key") else None
+    env = WorkerEnv(rank=rank, world_size=world, device=device, store=RayStore(rank), tracker=tracker,
+                    run_dir=Path(config["run_dir"]), checkpoint_key=key)
     metrics = fit(cfg, env)
     ray.train.report({k: v for k, v in metrics.items() if k.startswith("test/")} if rank == 0 else {})
 
 
+# ---------------------------------------------------------------- DeepSpeed shard manifests
+# DeepSpeed's load_checkpoint unpickles its shards (torch.load with weights_only=False), so a shard
+# can run code. Every rank therefore signs what it saved with the run's key (run.key in the run
+# folder, never inside a checkpoint): an HMAC over the SHA-256 of each file. A shard set is only
+# loaded when every file is covered by a signed manifest whose hashes match.
+DS_MANIFEST_PREFIX = "manifest-rank"
+TRUST_ENV = "REIDBENCH_TRUST_CHECKPOINTS"
+
+
+def sign_deepspeed_shards(folder: Path, rank: int, key: bytes) -> None:
+    """After ``engine.save_checkpoint(folder)``: this rank's manifest over the files it sees
+    (on Ray Train each rank writes into a folder of its own, merged at ``report``)."""
+    files = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.name.startswith(DS_MANIFEST_PREFIX)]
+    write_manifest(folder, files, key=key, name=f"{DS_MANIFEST_PREFIX}{rank}.json")
+
+
+def verify_deepspeed_shards(folder: Path, key: bytes | None) -> None:
+    """Refuse (``CheckpointError``) a DeepSpeed shard folder that this run did not sign."""
+    import json
+    import os
+
+    if os.environ.get(TRUST_ENV) == "1":
+        return
+    risk = (f"DeepSpeed's load_checkpoint unpickles these files (torch.load with weights_only=False), which can "
+            f"execute code, so only shards signed by this run (its run.key) are loaded. If you trust where {folder} "
+            f"came from, set {TRUST_ENV}=1 to load it anyway")
+    if key is None:
+        raise CheckpointError(f"refusing to load DeepSpeed checkpoint {folder}: this run has no signing key. {risk}")
+    manifests = sorted(folder.glob(f"{DS_MANIFEST_PREFIX}*.json"))
+    if not manifests:
+        raise CheckpointError(f"refusing to load DeepSpeed checkpoint {folder}: it has no signed manifest. {risk}")
+    covered: set[str] = set()
+    for m in manifests:
+        problem = manifest_problem(folder, m.name, key=key)
+        if problem is not None:
+            raise CheckpointError(f"refusing to load DeepSpeed checkpoint {folder}: {problem}. {risk}")
+        covered |= set(json.loads(m.read_text())["files"])
+    unsigned = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.name.startswith(DS_MANIFEST_PREFIX) and str(p.relative_to(folder)) not in covered]
+    if unsigned:
+        raise CheckpointError(f"refusing to load DeepSpeed checkpoint {folder}: {len(unsigned)} file(s) no manifest "
+                              f"signs ({', '.join(unsigned[:3])}). {risk}")
+
+
 def ray_run_name(cfg: RunConfig) -> str:
-    return cfg.run_name.replace("/", "__")
+    """Ray Train's run name inside the run folder's ``ray/`` storage (one run folder, one name)."""
+    return "train"
 
 
-def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, in_tune: bool = False) -> dict[str, float]:
+def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, in_tune: bool = False,
+               run_dir: Path | None = None, checkpoint_key: bytes | None = None) -> dict[str, float]:
     """Run ``fit`` on a Ray Train worker group.
 
     Resuming needs nothing here: Train V2 restores a run from the latest checkpoint under the
-    same ``(storage_path, name)`` (and rejects ``resume_from_checkpoint``); a fresh run's folder
-    was removed by ``train_run`` beforehand."""
+    same ``(storage_path, name)`` (and rejects ``resume_from_checkpoint``); the storage is the
+    run folder's ``ray/``, and a fresh run always gets a fresh run folder (``api.train_run``)."""
     import ray
     from ray.train import CheckpointConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
@@ -282,11 +335,13 @@ def launch_ray(cfg: RunConfig, cfg_dict: dict, uri: str, run_id: str, in_tune: b
     if not ray.is_initialized():
         ray.init(num_cpus=max(cfg.dist.workers, 2) if not cfg.dist.use_gpu else None, log_to_driver=True,
                  include_dashboard=False)
-    storage = str((Path(cfg.output_dir) / "ray").resolve())
+    run_dir = Path(run_dir if run_dir is not None else Path(cfg.output_dir) / cfg.run_name).resolve()
+    storage = str(run_dir / "ray")
     name = ray_run_name(cfg)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg_dict, "uri": uri, "run_id": run_id},
+        train_loop_config={"cfg": cfg_dict, "uri": uri, "run_id": run_id, "run_dir": str(run_dir),
+                           "checkpoint_key": checkpoint_key.hex() if checkpoint_key else None},
         torch_config=TorchConfig(backend="nccl" if cfg.dist.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.dist.workers, use_gpu=cfg.dist.use_gpu,
                                      resources_per_worker=None if cfg.dist.use_gpu else {"CPU": 1}),
@@ -307,5 +362,5 @@ def latest_ray_checkpoint(storage: str, name: str):
     import ray.train
 
     folders = sorted((Path(storage) / name).glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
-    folders = [f for f in folders if (f / STATE_FILE).exists()]
+    folders = [f for f in folders if (f / STATE_FILE).exists() and is_complete(f)]
     return ray.train.Checkpoint.from_directory(str(folders[-1])) if folders else None

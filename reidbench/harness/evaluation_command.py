@@ -20,13 +20,33 @@ def locate(path: Path) -> tuple[Path, Path]:
 
     A run folder's model is ``best.safetensors`` (the epoch validation chose) or, for a run trained
     without validation (``data.val_fraction=0``, the last epoch is the model), its latest checkpoint.
+    A run *name* folder (``runs/<method>/<ablation>/<dataset>/<seed>``, holding one run folder per
+    config) means its newest run folder, named on stderr.
     """
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint {path} does not exist")
+    if path.is_dir() and not (path / ckpt.MODEL_FILE).exists() and not (path / "best.safetensors").exists() \
+            and not (path / "checkpoints").exists():
+        from .api import _all_run_folders
+
+        runs = _all_run_folders(path)
+        if runs:
+            if len(runs) > 1:
+                print(f"reidbench eval: {path} holds {len(runs)} run folders; evaluating the newest, {runs[0]}",
+                      file=sys.stderr)
+            path = runs[0]
     if path.is_file():
         config_dir = path.parent / "checkpoints" / "latest"
         return path, config_dir if (config_dir / ckpt.CONFIG_FILE).exists() else path.parent
     if (path / ckpt.MODEL_FILE).exists():
         return path / ckpt.MODEL_FILE, path
-    latest = path / "checkpoints" / "latest"
+    try:  # the newest complete one of latest / latest.tmp / latest.old (a crash mid-write)
+        latest, note = ckpt.find_resumable(path / "checkpoints" / "latest")
+    except ckpt.CheckpointError:
+        latest, note = None, ""
+    if note:
+        print(f"reidbench eval: {note.replace('resuming from', 'using')}", file=sys.stderr)
+    latest = latest if latest is not None else path / "checkpoints" / "latest"
     if (path / "best.safetensors").exists():
         return path / "best.safetensors", latest
     if (latest / ckpt.MODEL_FILE).exists() and (latest / ckpt.CONFIG_FILE).exists():
@@ -87,6 +107,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> int:
 
 def _score(prep, cfg, what: str) -> int:
     """Evaluate ``prep.method`` on every test protocol of ``prep.dataset`` and print the metrics."""
+    from ..datasets.check import check_images
+
+    # Every image the protocols read, checked in one pass before any is embedded.
+    check_images({split: prep.dataset.splits[split] for ev in prep.dataset.evaluations
+                  for split in (ev.gallery, ev.query)}, root=prep.dataset.root)
     device = local_device(None)  # CUDA where there is one, whatever the checkpoint trained on
     metrics = summarize_results(evaluate_test(prep.method.to(device), prep, cfg, device))
     print_metrics(f"{cfg.run_name} [{what}] on {cfg.data.dataset}", metrics)

@@ -276,7 +276,8 @@ class BoardRuns:
 
 
 def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
-    """FINISHED runs of ``experiment`` that carry the run tags (tracking.py conventions)."""
+    """FINISHED runs of ``experiment`` that carry the run tags (tracking.py conventions): the
+    latest run of each configuration that no re-run has superseded."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
@@ -313,6 +314,21 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
                                row["dataset"]) for _, row in df.iterrows()]
     df["paper_dataset"] = [paper_dataset(d) for d in df["dataset"]]
     df = df.sort_values("end_time")
+    # A run re-run with the same resolved config is tagged superseded (tracking.open_run) and kept
+    # in MLflow; the board takes the latest non-superseded run of each configuration ...
+    if "tags.superseded" in df:
+        superseded = df["tags.superseded"].notna() & (df["tags.superseded"] != "")
+        if superseded.any():
+            skipped["superseded by a re-run of its config"] = int(superseded.sum())
+        df = df[~superseded]
+    if "tags.config_hash" in df:
+        hashed = df["tags.config_hash"].notna()
+        latest = df[hashed].drop_duplicates(subset=["tags.config_hash"], keep="last")
+        if len(latest) < int(hashed.sum()):
+            skipped["older run of the same config"] = int(hashed.sum()) - len(latest)
+        df = pd.concat([df[~hashed], latest]).sort_values("end_time")
+    # ... and one run per seed of a row: runs of one name whose configs differ otherwise (an lr
+    # outside the ablation name) are not averaged together; the latest one counts.
     deduped = df.drop_duplicates(subset=["method", "ablation", "dataset", "seed", "setup"], keep="last")
     if len(deduped) < len(df):
         skipped["older duplicate of a seed"] = len(df) - len(deduped)

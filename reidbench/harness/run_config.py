@@ -7,11 +7,29 @@ one), after the method's preset values, so ``params.n_ctx=8`` overrides a preset
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import ConfigError, from_dict, load_config, merge, parse_overrides, read_yaml, to_dict
+from ..config import ConfigError, flatten, from_dict, load_config, merge, nest, parse_overrides, read_yaml, to_dict
 from ..datasets.synthetic_sets import DEFAULT_DIFFICULTY
+
+# Names that become folders and MLflow tags (method, dataset, tracking.ablation / experiment /
+# sweep): letters, digits, spaces and _ - . , = + @ % : [ ] ( ), not starting with a dot or a
+# space (so never "." or ".."), at most 200 characters. Quotes, slashes and backslashes are
+# refused: a name must not leave --output-dir or break an MLflow filter.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-,=+@%:\[\]()][A-Za-z0-9_\-.,=+@%:\[\]() ]{0,199}")
+NAME_RULE = ("letters, digits, spaces and _ - . , = + @ % : [ ] ( ), not starting with '.' or a space, "
+             "at most 200 characters")
+
+
+def check_name(key: str, value: str, allow_empty: bool = False) -> None:
+    """Refuse a name that could leave its folder or break an MLflow filter (see NAME_PATTERN)."""
+    if allow_empty and value == "":
+        return
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or value.endswith(" "):
+        raise ConfigError(f"config key {key!r}: {value!r} is not a valid name; names become folders under "
+                          f"--output-dir and MLflow tags, so they may use only {NAME_RULE}")
 
 
 @dataclass
@@ -56,6 +74,11 @@ class DataConfig:
                              f"backbone's own statistics (got pixel_mean={self.pixel_mean}, pixel_std={self.pixel_std})")
         if self.pixel_std is not None and min(self.pixel_std) <= 0:
             raise ValueError(f"data.pixel_std must be positive, got {self.pixel_std}")
+        for key in ("p", "k", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key 'data.{key}': expected a positive integer, got {getattr(self, key)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"config key 'data.val_fraction': expected a fraction in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -78,6 +101,15 @@ class OptimConfig:
     grad_clip: float | None = None
     epochs_scale: float = 1.0  # multiply every stage's epochs, warmup and lr milestones (see trainer.scale_schedule)
 
+    def __post_init__(self) -> None:
+        if not self.epochs_scale > 0:
+            raise ConfigError(f"config key 'optim.epochs_scale': expected a number > 0 (the fraction of each stage's "
+                              f"epochs to train), got {self.epochs_scale}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"config key 'optim.grad_accum': expected an integer >= 1, got {self.grad_accum}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"config key 'optim.grad_clip': expected a number > 0 or null, got {self.grad_clip}")
+
 
 @dataclass
 class DistConfig:
@@ -92,6 +124,8 @@ class DistConfig:
     use_gpu: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"config key 'dist.workers' (--workers): expected an integer >= 1, got {self.workers}")
         if self.zero3_persistence < 0:
             raise ValueError(f"dist.zero3_persistence must be >= 0 (elements), got {self.zero3_persistence}")
 
@@ -102,6 +136,11 @@ class TrackingConfig:
     experiment: str = "reidbench-default"
     sweep: str = ""
     ablation: str = "default"
+
+    def __post_init__(self) -> None:
+        check_name("tracking.experiment", self.experiment)
+        check_name("tracking.ablation", self.ablation)
+        check_name("tracking.sweep", self.sweep, allow_empty=True)
 
 
 @dataclass
@@ -133,6 +172,18 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self) -> None:
+        check_name("method", self.method)
+        check_name("data.dataset", self.data.dataset)
+        if self.seed < 0:
+            raise ConfigError(f"config key 'seed': expected an integer >= 0, got {self.seed}")
+        if not str(self.output_dir).strip():
+            raise ConfigError("config key 'output_dir' (--output-dir): expected a folder, got an empty string")
+        if self.data.p % self.dist.workers:
+            raise ConfigError(f"data.p={self.data.p} identities per batch must divide evenly over {self.dist.workers} "
+                              f"workers (--workers / dist.workers): each rank takes data.p / workers identities; "
+                              f"use a data.p that is a multiple of {self.dist.workers}")
+
     @property
     def run_name(self) -> str:
         """``method/ablation/dataset/seed`` (docs/design.md, "Tracking conventions")."""
@@ -155,24 +206,25 @@ PAPER_NEEDS_WEIGHTS = (
 )
 
 
-def build_run_config(files=(), overrides=(), base: dict | None = None) -> RunConfig:
-    """YAML files then overrides, on top of the preset they name (``preset=paper``) and the
-    method's ``DATA_RECIPE``. ``preset=paper`` without ``backbone.pretrained`` in any of them
-    is refused (:data:`PAPER_NEEDS_WEIGHTS`); an explicit ``backbone.pretrained=null`` asks
-    for random weights."""
-    probe = load_config(RunConfig, files, overrides, base)
-    given = merge(dict(base or {}), _user_values(files, overrides))
+def build_run_config(files=(), overrides=(), base: dict | None = None, values: dict | None = None) -> RunConfig:
+    """YAML files, then ``values`` (typed, by dotted key: command-line flags, never parsed as
+    YAML), then ``key=value`` overrides, on top of the preset they name (``preset=paper``) and
+    the method's ``DATA_RECIPE``. ``preset=paper`` without ``backbone.pretrained`` in any of
+    them is refused (:data:`PAPER_NEEDS_WEIGHTS`); an explicit ``backbone.pretrained=null``
+    asks for random weights."""
+    probe = load_config(RunConfig, files, overrides, base, values)
+    given = merge(dict(base or {}), _user_values(files, overrides, values))
     if probe.preset == "paper" and "pretrained" not in (given.get("backbone") or {}):
         raise ConfigError(PAPER_NEEDS_WEIGHTS)
     preset_values = merge(RUN_PRESETS[probe.preset], {"data": method_data_recipe(probe.method)})
-    return load_config(RunConfig, files, overrides, merge(preset_values, base or {}))
+    return load_config(RunConfig, files, overrides, merge(preset_values, base or {}), values)
 
 
-def _user_values(files, overrides) -> dict:
+def _user_values(files, overrides, values: dict | None = None) -> dict:
     data: dict = {}
     for f in files:
         data = merge(data, read_yaml(f))
-    return merge(data, parse_overrides(overrides))
+    return merge(merge(data, nest(values or {})), parse_overrides(overrides))
 
 
 def method_data_recipe(method: str) -> dict:
@@ -194,7 +246,14 @@ def method_config(cfg: RunConfig) -> Any:
     cls = get_method(cfg.method)
     presets = getattr(cls, "PRESETS", {})
     values = merge(presets.get(cfg.preset, {}), cfg.params)
-    return from_dict(cls.config_cls, values, prefix="params.")
+    resolved = from_dict(cls.config_cls, values, prefix="params.")
+    # Epoch counts are generic enough to check here: a negative one would train nothing (or one
+    # epoch after scaling) and still end FINISHED.
+    for key, value in flatten(to_dict(resolved)).items():
+        if key.split(".")[-1].endswith("epochs") and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value < 0:
+            raise ConfigError(f"config key 'params.{key}': expected a number of epochs >= 0, got {value}")
+    return resolved
 
 
 def resolved_dict(cfg: RunConfig) -> dict:

@@ -3,9 +3,13 @@
 One run per (method, ablation, dataset, seed) in an experiment, named
 ``method/ablation/dataset/seed`` and tagged with those four plus ``sweep`` and the git
 commit; the training loop adds ``validation.protocol`` / ``validation.source`` /
-``validation.metric`` (what selected the model, ``harness.validation.Validation.tags``). A resumed run continues the run it finds by those tags; a fresh run with the
-same tags replaces it (the old one is deleted), so an experiment never holds two runs
-of one configuration. Runs end FINISHED, FAILED or KILLED, never left RUNNING.
+``validation.metric`` (what selected the model, ``harness.validation.Validation.tags``),
+``config_hash`` (the resolved config, ``api.config_hash``) and ``run_dir``. A resumed run
+continues the MLflow run its run folder names. A fresh run of the same resolved config
+tags the earlier runs of that config ``superseded`` (value: the new run's id) and keeps
+them; nothing here deletes a run. Runs end FINISHED, FAILED or KILLED, never left RUNNING.
+Filter strings only ever hold hex digits (``config_hash``); names are restricted to
+``run_config.NAME_PATTERN``.
 Only ``MlflowClient`` is used (no global active run), so workers and sweeps can log
 to the same store concurrently.
 """
@@ -82,28 +86,51 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-def find_runs(client, exp_id: str, tags: dict[str, str]) -> list:
-    query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-    return client.search_runs([exp_id], filter_string=query, max_results=100)
+SUPERSEDED_TAG = "superseded"
 
 
-def open_run(cfg: RunConfig, resolved: dict, resume: bool) -> tuple[str, str]:
-    """Return (tracking uri, run id) of the run to log into, created or continued."""
+def _filter_value(value: str) -> str:
+    """A value for an MLflow filter string: quotes and backslashes are refused, never spliced in."""
+    if any(c in value for c in "'\"\\"):
+        raise ValueError(f"{value!r} cannot appear in an MLflow filter (quotes and backslashes are not allowed)")
+    return f"'{value}'"
+
+
+def runs_of_config(client, exp_id: str, chash: str) -> list:
+    """Every run of ``exp_id`` logged with ``config_hash`` ``chash`` (any status)."""
+    return client.search_runs([exp_id], filter_string=f"tags.config_hash = {_filter_value(chash)}",
+                              max_results=1000)
+
+
+def open_run(cfg: RunConfig, resolved: dict, resume_run_id: str | None = None, config_hash: str = "",
+             run_dir: Path | None = None) -> tuple[str, str]:
+    """Return (tracking uri, run id) of the run to log into: ``resume_run_id`` continued (set
+    RUNNING) when this store has it, else a new run, which supersedes the earlier runs of the
+    same ``config_hash`` in the experiment (tagged, never deleted)."""
     uri = tracking_uri(cfg)
     client = client_for(uri)
     exp_id = experiment_id(client, cfg.tracking.experiment)
     tags = run_tags(cfg)
-    existing = find_runs(client, exp_id, tags)
-    if resume and existing:
-        run_id = existing[0].info.run_id
-        for extra in existing[1:]:
-            client.delete_run(extra.info.run_id)
-        client.update_run(run_id, status="RUNNING")
-        return uri, run_id
-    for old in existing:
-        client.delete_run(old.info.run_id)
-    run = client.create_run(exp_id, run_name=cfg.run_name, tags={**tags, "git_commit": git_commit()})
+    if resume_run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            previous = client.get_run(resume_run_id)
+        except MlflowException:
+            previous = None
+        if previous is not None and previous.info.experiment_id == exp_id \
+                and previous.info.lifecycle_stage == "active":
+            client.update_run(resume_run_id, status="RUNNING")
+            return uri, resume_run_id
+    extra = {"config_hash": config_hash} if config_hash else {}
+    if run_dir is not None:
+        extra["run_dir"] = str(Path(run_dir).absolute())
+    run = client.create_run(exp_id, run_name=cfg.run_name, tags={**tags, **extra, "git_commit": git_commit()})
     run_id = run.info.run_id
+    if config_hash:
+        for old in runs_of_config(client, exp_id, config_hash):
+            if old.info.run_id != run_id and SUPERSEDED_TAG not in old.data.tags:
+                client.set_tag(old.info.run_id, SUPERSEDED_TAG, run_id)
     from mlflow.entities import Param
 
     params = [Param(k, _param_value(v)) for k, v in sorted(flatten(resolved).items())]

@@ -64,10 +64,27 @@ class WorkerEnv:
     tracker: Tracker | None = None  # rank 0 only
     progress: bool = False
     on_epoch: Callable[[dict[str, float]], None] | None = None  # e.g. a sweep's report
+    # Where best.safetensors goes (api.train_run's run folder); None: <output_dir>/<run_name>.
+    run_dir: Path | None = None
+    # The run's key that signs DeepSpeed shards at save time and is checked before they are loaded.
+    checkpoint_key: bytes | None = None
+    # Polled after every optimizer step: True (a SIGTERM/SIGINT arrived) ends the run after that
+    # step with a mid-epoch checkpoint, raising TrainingInterrupted (in-process runs only).
+    stop: Callable[[], bool] | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on request (a signal) after a step; a checkpoint to resume from was written."""
+
+    def __init__(self, where: str, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at {where}; " + (f"checkpoint written to {checkpoint}, continue with --resume"
+                                                        if checkpoint else "no checkpoint store"))
+        self.where = where
+        self.checkpoint = checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -328,7 +345,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         ckpt.load_weights(method, resume_dir / ckpt.MODEL_FILE)
         state = ckpt.read_train_state(resume_dir)
 
-    run_dir = Path(cfg.output_dir) / cfg.run_name
+    run_dir = env.run_dir if env.run_dir is not None else Path(cfg.output_dir) / cfg.run_name
     best_path = run_dir / "best.safetensors"
     if cfg.data.p % env.world_size:
         raise ValueError(f"data.p={cfg.data.p} identities per batch must divide evenly over {env.world_size} workers")
@@ -365,6 +382,9 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         step_module, optimizer, engine = wrap_for_training(method, stage, cfg, env)
         if resuming_here:
             if engine is not None:
+                from .distributed import verify_deepspeed_shards
+
+                verify_deepspeed_shards(resume_dir / DEEPSPEED_DIR, env.checkpoint_key)  # before it unpickles
                 engine.load_checkpoint(str(resume_dir / DEEPSPEED_DIR), load_module_strict=False)
             else:
                 optimizer.load_state_dict(state["optimizer"])
@@ -374,8 +394,14 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             lr = set_lr(optimizer, lr_factor(stage, epoch, epochs))
-            train_loader.set_epoch(epoch)
-            sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env)
+            # A run stopped mid-epoch (a signal) resumes at the next batch with the loss sums so far.
+            carried = state.get("partial") if resuming_here and epoch == start_epoch else None
+            start_batch = int(carried["batch"]) if carried else 0
+            train_loader.set_epoch(epoch, start_batch)
+            sums = run_epoch(step_module, engine, optimizer, train_loader, stage, weights, cfg, env,
+                             start_batch=start_batch, carried=carried)
+            if isinstance(sums, _Stopped):
+                _save_interrupted(env, state, stage_index, epoch, sums, optimizer, engine, method, config_dict)
             metrics = {f"train/{k}": v for k, v in sums.items()}
             metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - t0})
             # ZeRO-3: every rank evaluates, since each forward gathers weights collectively; rank 0's
@@ -398,7 +424,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             step = stage_step_offset(stages, cfg, stage_index) + epoch
             if env.tracker is not None:
                 env.tracker.log_metrics(metrics, step=step)
-            state.update(stage_index=stage_index, epoch=epoch + 1, rng=ckpt.rng_state())
+            state.update(stage_index=stage_index, epoch=epoch + 1, rng=ckpt.rng_state(), partial=None)
             if engine is None:
                 state["optimizer"] = optimizer.state_dict()
 
@@ -406,8 +432,12 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
                 weights = gathered_state_dict(engine, method) if partitions_weights(engine) else method
                 if env.is_main:
                     ckpt.write_checkpoint(folder, weights, state, config_dict)
-                if engine is not None:  # every rank saves its ZeRO shard
+                if engine is not None:  # every rank saves its ZeRO shard, and signs it
                     engine.save_checkpoint(str(folder / DEEPSPEED_DIR))
+                    if env.checkpoint_key is not None:
+                        from .distributed import sign_deepspeed_shards
+
+                        sign_deepspeed_shards(folder / DEEPSPEED_DIR, env.rank, env.checkpoint_key)
 
             if env.store is not None:
                 env.store.save(write, metrics)
@@ -439,6 +469,36 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
             env.tracker.log_figure(cmc_figure({name: r.cmc for name, r in results.items()}, title=cfg.run_name),
                                    "cmc.png")
     return final_metrics
+
+
+@dataclass
+class _Stopped:
+    """``run_epoch`` stopped on request after ``batch`` batches of the epoch (sums so far)."""
+
+    batch: int
+    totals: dict[str, float]
+    n: int
+
+
+def _save_interrupted(env: WorkerEnv, state: dict, stage_index: int, epoch: int, stopped: _Stopped, optimizer,
+                      engine, method: Method, config_dict: dict) -> None:
+    """Checkpoint the middle of an epoch (model, optimizer, RNG, sampler position, the epoch's
+    loss sums so far) and raise :class:`TrainingInterrupted`. Resuming replays nothing: the
+    sampler starts at ``batch`` and the epoch's logged means come out as if never stopped."""
+    state.update(stage_index=stage_index, epoch=epoch, rng=ckpt.rng_state(),
+                 partial={"batch": stopped.batch, "totals": dict(stopped.totals), "n": stopped.n})
+    if engine is None:
+        state["optimizer"] = optimizer.state_dict()
+    where = f"stage {stage_index} epoch {epoch} after batch {stopped.batch}"
+    written = None
+    if env.store is not None:
+        def write(folder: Path) -> None:
+            nonlocal written
+            ckpt.write_checkpoint(folder, method, state, config_dict)
+            written = folder
+
+        env.store.save(write, {})
+    raise TrainingInterrupted(where, written)
 
 
 def stage_step_offset(stages: list[Stage], cfg: RunConfig, stage_index: int) -> int:
@@ -499,19 +559,22 @@ def wrap_for_training(method: Method, stage: Stage, cfg: RunConfig, env: WorkerE
 
 
 def run_epoch(module, engine, optimizer, loader, stage: Stage, weights: dict[str, float], cfg: RunConfig,
-              env: WorkerEnv) -> dict[str, float]:
-    """One pass over the sampler; returns the epoch mean of every loss term (averaged over ranks)."""
+              env: WorkerEnv, start_batch: int = 0, carried: dict | None = None) -> dict[str, float] | _Stopped:
+    """One pass over the sampler; returns the epoch mean of every loss term (averaged over ranks).
+    ``start_batch`` / ``carried``: continue an epoch stopped mid-way (its sums so far). When
+    ``env.stop()`` turns true the pass ends after that optimizer step (at a gradient
+    accumulation boundary) and returns :class:`_Stopped`."""
     module.train()
     accum = cfg.optim.grad_accum
-    totals: dict[str, float] = {}
-    n = 0
+    totals: dict[str, float] = dict(carried["totals"]) if carried else {}
+    n = int(carried["n"]) if carried else 0
     batches = loader
     if env.progress and env.is_main:
         from tqdm import tqdm
 
         batches = tqdm(loader, desc=f"{stage.name}", leave=False)
     limit = stage.batches_per_epoch
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(batches, start=start_batch):
         if limit is not None and i >= limit:
             break
         batch = to_device(batch, env.device)
@@ -534,6 +597,8 @@ def run_epoch(module, engine, optimizer, loader, stage: Stage, weights: dict[str
             totals[name] = totals.get(name, 0.0) + value
         totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
         n += 1
+        if env.stop is not None and (i + 1) % accum == 0 and env.stop():
+            return _Stopped(i + 1, totals, n)
     means = {k: v / max(n, 1) for k, v in totals.items()}
     if env.world_size > 1:
         import torch.distributed as dist

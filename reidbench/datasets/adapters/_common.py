@@ -9,6 +9,7 @@ sub-folders below the dataset folder), never from the full path: a root such as
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -94,13 +95,46 @@ def locate(layouts: Sequence[Layout], root: str | None) -> tuple[Layout, str]:
     )
 
 
+def _entry_is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_file()`` / ``is_dir()``, with a broken-loop symbolic link (ELOOP) or an
+    unreadable entry named as a layout error instead of an OSError from deep inside."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as err:
+        raise DatasetLayoutError(_os_problem(entry.path, err)) from None
+
+
+def _os_problem(path: str, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return (f"{path} is a symbolic link loop ({err.strerror}); expected an image file, a folder or a link "
+                "to one: remove or fix the link")
+    return f"{path} cannot be read ({err.strerror or err}); expected a readable file or folder"
+
+
+def _scandir(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as err:
+        raise DatasetLayoutError(_os_problem(folder, err)) from None
+
+
 def list_images(folder: str) -> list[str]:
     """Image file names in ``folder`` (sorted; other files such as Market's Thumbs.db are skipped)."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(e.name for e in _scandir(folder)
+                  if e.name.lower().endswith(IMAGE_EXTENSIONS) and _entry_is(e, "file")
+                  or _is_loop(e))
+
+
+def _is_loop(entry: os.DirEntry) -> bool:
+    # A link that loops is reported whatever its name (it may be a folder link that loops).
+    if entry.is_symlink():
+        _entry_is(entry, "file")
+    return False
 
 
 def list_subfolders(folder: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    return sorted(e.name for e in _scandir(folder) if _entry_is(e, "dir"))
 
 
 def unparsable_error(dataset: str, where: str, bad: Sequence[str], expected: str) -> DatasetLayoutError:
@@ -171,7 +205,10 @@ def _index(folder: str) -> set[str]:
     found: set[str] = set()
     if not os.path.isdir(folder):
         return found
-    for dirpath, _, files in os.walk(folder):
+    def fail(err: OSError) -> None:
+        raise DatasetLayoutError(_os_problem(err.filename or folder, err))
+
+    for dirpath, _, files in os.walk(folder, onerror=fail):
         rel_dir = os.path.relpath(dirpath, folder)
         for name in files:
             found.add(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))

@@ -61,7 +61,19 @@ def _pedes(
             raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r}: \"captions\" must be a list of "
                                      f"non-empty strings, got {json.dumps(raw)[:80]}")
         captions = tuple(c.strip() for c in raw)
-        parts[part].append((os.path.join(dset, "imgs", entry[path_key]), int(entry["id"]), captions))
+        rel = entry[path_key]
+        if not isinstance(rel, str) or not rel.strip() or os.path.isabs(rel):
+            raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r}: \"{path_key}\" must be an image "
+                                     f"path relative to {os.path.join(dset, 'imgs')!r}, got {json.dumps(rel)[:80]}")
+        path = os.path.normpath(os.path.join(dset, "imgs", rel))
+        if os.path.commonpath([path, dset]) != dset:
+            raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r}: \"{path_key}\" {rel!r} leaves the "
+                                     f"dataset folder {dset!r}; expected a path below its imgs/ folder")
+        pid = entry["id"]
+        if isinstance(pid, bool) or not isinstance(pid, int) and not (isinstance(pid, str) and pid.strip().isdigit()):
+            raise DatasetLayoutError(f"{name}: entry {index} of {annotation_path!r}: \"id\" must be an integer, "
+                                     f"got {json.dumps(pid)[:40]}")
+        parts[part].append((path, int(pid), captions))
     require_files(name, (path for rows in parts.values() for path, _, _ in rows), annotation_path)
 
     side_cars = SideCars(dset, captions=False)
