@@ -266,7 +266,7 @@ def generator_texts(n_people: int = 200, seed: int = 12345) -> dict[str, list[st
             pairs = (("detailed", "terse"), ("terse", "detailed")) if style == "detailed" else ((style, style),)
             add(f"pretraining caption ({style})", [a + " " + b for i, c in pairs for a in ids[i] for b in clothes[c]])
         add("pretraining caption (short)", [", ".join(attribute_phrases(identity, outfit))])
-    for factor, (templates, values) in zero_shot_classes().items():
+    for templates, values in zero_shot_classes().values():
         add("zero-shot prompt", [t.format(words) for _, words in values for t in templates])
     return texts
 
@@ -565,9 +565,10 @@ def read_record(path: str | os.PathLike) -> dict:
 def format_report(record: dict) -> str:
     """The summary ``reidbench pretrain`` prints: budget, wall time, loss, and the held-out
     zero-shot accuracy per attribute and image-to-caption R@1, each beside its chance level."""
-    lines = [f"pretrained {record['config']['preset']} CLIP: {record['steps']} steps of {record['config']['batch_size']}, "
-             f"{record['total_seconds']:.0f}s in all (data {record['data_seconds']:.0f}s, training "
-             f"{record['train_seconds']:.0f}s), loss {record['first_loss']:.2f} -> {record['final_loss']:.2f}"]
+    head = (f"pretrained {record['config']['preset']} CLIP: {record['steps']} steps of {record['config']['batch_size']}, "
+            f"{record['total_seconds']:.0f}s in all (data {record['data_seconds']:.0f}s, training "
+            f"{record['train_seconds']:.0f}s), loss {record['first_loss']:.2f} -> {record['final_loss']:.2f}")
+    lines = [head]
     held = record["heldout"]
     for factor, r in held["zero_shot"].items():
         lines.append(f"  zero-shot {factor:<13s} {r['accuracy']:.3f} (chance {r['chance']:.3f}, majority {r['majority']:.3f}, "
@@ -591,25 +592,25 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 __all__ = [
-    "CaptionSampler",
     "DEFAULT_PROMPTS",
     "VALUE_WORDS",
-    "attribute_phrases",
-    "check_text_lengths",
-    "format_text_lengths",
-    "generator_texts",
-    "heldout_pairs",
-    "short_caption",
-    "text_token_lengths",
-    "zero_shot_classes",
+    "CaptionSampler",
     "PretrainConfig",
     "add_pretrain_arguments",
+    "attribute_phrases",
+    "check_text_lengths",
     "clip_loss",
     "ensure_pretrained_tiny",
     "evaluate_pretraining",
+    "format_text_lengths",
+    "generator_texts",
+    "heldout_pairs",
     "image_to_caption_recall",
     "pretrain_tiny",
     "pretrained_dir",
     "run_pretrain",
+    "short_caption",
+    "text_token_lengths",
     "zero_shot_attribute_accuracy",
+    "zero_shot_classes",
 ]
