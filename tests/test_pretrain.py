@@ -210,3 +210,45 @@ def test_zero_shot_reports_every_attribute(tiny_random):
     assert set(result) == {"upper_colour", "lower_colour", "upper_pattern", "shoes_colour", "hair_colour", "bag", "gender"}
     assert result["bag"]["classes"] <= 3 and result["gender"]["chance"] == 0.5
     assert P.value_words("bag", "none") == "nothing"
+
+
+def test_short_captions_carry_the_labels_they_name_and_anchors_pull_both_towers():
+    from reidbench.datasets import synthetic as S
+
+    _, _, attributes = S.pretraining_pairs(12, seed=7, image_size=(32, 16))
+    sampler = P.CaptionSampler(attributes, 7, 0.5, (32, 16), short_fraction=0.5, seed=0)
+    labels = P.attribute_labels(attributes)
+    shoes = P.ANCHOR_FACTORS.index("shoes_colour")
+    seen_short = seen_long = 0
+    for _ in range(10):
+        captions, named = sampler.draw(list(range(12)))
+        for row, (text, a) in enumerate(zip(captions, attributes)):
+            if (named[row] < 0).all():
+                seen_long += 1  # a generator caption: never parsed, never classified
+                continue
+            seen_short += 1
+            known = named[row] >= 0
+            assert torch.equal(named[row][known], labels[row][known])  # only this image's own values
+            assert bool(known[shoes]) == (f"{a['shoes_colour']} shoes" in text)
+    assert seen_short > 20 and seen_long > 20
+
+    anchors = P.AttributeAnchors(8)
+    on_anchor = torch.stack([anchors.classes[k][labels[:, k]] for k in range(len(P.ANCHOR_FACTORS))]).mean(0)
+    unnamed = torch.full_like(labels, -1)
+    assert anchors(on_anchor, labels) < anchors(torch.randn(12, 8), labels)
+    assert anchors(torch.randn(12, 8), unnamed) == 0  # nothing named: no loss
+
+
+def test_anchors_train_with_the_model_and_are_not_kept():
+    from reidbench.datasets import synthetic as S
+
+    images, _, attributes = S.pretraining_pairs(16, seed=8, image_size=(128, 64))
+    torch.manual_seed(0)
+    model = build_clip("tiny")
+    before = set(model.state_dict())
+    sampler = P.CaptionSampler(attributes, 8, 0.5, (128, 64), short_fraction=0.5, seed=0)
+    cfg = P.PretrainConfig(n_images=16, batch_size=8, steps=2, attribute_anchor_weight=1.0)
+    summary = P.train_clip(model, torch.as_tensor(images), sampler, cfg, stream=None)
+    assert summary["steps"] == 2 and set(model.state_dict()) == before
+    with pytest.raises(ValueError, match="needs short_caption_fraction"):
+        P.PretrainConfig(short_caption_fraction=0.0, attribute_anchor_weight=1.0)

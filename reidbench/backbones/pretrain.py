@@ -193,12 +193,69 @@ def attribute_phrases(identity, outfit) -> list[str]:
     return phrases
 
 
+# The factors each phrase of attribute_phrases names, in its order (the cap names none
+# of ANCHOR_FACTORS).
+PHRASE_FACTORS = (("upper_colour", "upper_pattern", "upper_type"), ("lower_colour", "lower_type"),
+                  ("shoes_colour",), ("hair_colour",), ("gender",), ("bag",), ())
+# Factors the attribute anchors classify (see AttributeAnchors).
+ANCHOR_FACTORS = ("upper_colour", "upper_pattern", "upper_type", "lower_colour", "lower_type", "shoes_colour",
+                  "hair_colour", "bag", "gender")
+
+
+def _short_draw(phrases: Sequence[str], rng: np.random.Generator) -> tuple[str, list[int]]:
+    k = int(rng.integers(1, len(phrases) + 1))
+    chosen = [int(j) for j in rng.permutation(len(phrases))[:k]]
+    return ", ".join(phrases[j] for j in chosen), chosen
+
+
 def short_caption(phrases: Sequence[str], rng: np.random.Generator) -> str:
     """A random non-empty subset of ``phrases`` in random order, comma-separated: every
     attribute word is seen apart from the others (a caption naming only the top ties
     its colour word to the top, which a 50-word template sentence does not do early on)."""
-    k = int(rng.integers(1, len(phrases) + 1))
-    return ", ".join(phrases[j] for j in rng.permutation(len(phrases))[:k])
+    return _short_draw(phrases, rng)[0]
+
+
+def attribute_labels(attributes: Sequence[dict]) -> torch.Tensor:
+    """``[N, len(ANCHOR_FACTORS)]`` class indices (in ``ATTRIBUTE_VOCAB`` order) of each image."""
+    from reidbench.datasets.synthetic import ATTRIBUTE_VOCAB
+
+    vocab = {f: [str(v) for v in ATTRIBUTE_VOCAB[f]] for f in ANCHOR_FACTORS}
+    return torch.tensor([[vocab[f].index(str(a[f])) for f in ANCHOR_FACTORS] for a in attributes], dtype=torch.long)
+
+
+class AttributeAnchors(torch.nn.Module):
+    """One learnable class embedding per attribute value, in CLIP's joint space.
+
+    Decision (what holds plain CLIP pretraining back here, see the module docstring):
+    both towers start from scratch, and the contrastive loss stays at ln(batch) until
+    they happen to agree on some feature. Classifying image embeddings *and* the
+    embeddings of short captions against the same anchors (cosine x ``scale``,
+    cross-entropy per factor) gives both towers the same targets from the first step.
+    A caption is only classified on the factors it names (the phrases it drew); the
+    generator's long captions only enter the contrastive loss. The anchors are
+    discarded after pretraining: zero-shot evaluation uses text prompts only.
+    """
+
+    def __init__(self, embed_dim: int, scale: float = 10.0) -> None:
+        from reidbench.datasets.synthetic import ATTRIBUTE_VOCAB
+
+        super().__init__()
+        self.scale = float(scale)
+        self.classes = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(len(ATTRIBUTE_VOCAB[f]), embed_dim) * embed_dim**-0.5)
+             for f in ANCHOR_FACTORS])
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over factors of the cross-entropy of ``embeddings`` against each factor's
+        anchors; ``labels`` ``[B, factors]``, -1 where a row does not name the factor."""
+        z = F.normalize(embeddings, dim=-1)
+        losses = []
+        for k, anchors in enumerate(self.classes):
+            named = labels[:, k] >= 0
+            if bool(named.any()):
+                logits = self.scale * z[named] @ F.normalize(anchors, dim=-1).T
+                losses.append(F.cross_entropy(logits, labels[named, k]))
+        return torch.stack(losses).mean() if losses else embeddings.sum() * 0.0
 
 
 class CaptionSampler:
@@ -219,6 +276,7 @@ class CaptionSampler:
         world = S.World(S.WorldConfig(seed=int(world_seed), difficulty=float(difficulty),
                                       height=int(image_size[0]), width=int(image_size[1])))
         ns = S._PRETRAIN_NS
+        self.labels = attribute_labels(attributes)
         self.forms, self.phrases = [], []
         cache: dict = {}
         for a in attributes:
@@ -232,11 +290,26 @@ class CaptionSampler:
         self.short_fraction = float(short_fraction)
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, index: Sequence[int]) -> list[str]:
+    def draw(self, index: Sequence[int]) -> tuple[list[str], torch.Tensor]:
+        """Captions for ``index`` and the ``[B, len(ANCHOR_FACTORS)]`` labels each one names
+        (-1 where it names none: every factor of a generator caption, which is not parsed)."""
         from reidbench.datasets.synthetic import pretraining_caption
 
-        return [short_caption(self.phrases[j], self.rng) if self.rng.random() < self.short_fraction
-                else pretraining_caption(self.forms[j], self.rng) for j in map(int, index)]
+        captions, named = [], torch.full((len(index), len(ANCHOR_FACTORS)), -1, dtype=torch.long)
+        for row, j in enumerate(map(int, index)):
+            if self.rng.random() < self.short_fraction:
+                text, chosen = _short_draw(self.phrases[j], self.rng)
+                for phrase in chosen:
+                    for factor in PHRASE_FACTORS[phrase]:
+                        k = ANCHOR_FACTORS.index(factor)
+                        named[row, k] = self.labels[j, k]
+            else:
+                text = pretraining_caption(self.forms[j], self.rng)
+            captions.append(text)
+        return captions, named
+
+    def __call__(self, index: Sequence[int]) -> list[str]:
+        return self.draw(index)[0]
 
 
 def generator_texts(n_people: int = 200, seed: int = 12345) -> dict[str, list[str]]:
@@ -451,6 +524,12 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str] | 
     or a :class:`CaptionSampler` drawing a fresh one per use. Returns a summary of the run."""
     generator = torch.Generator().manual_seed(cfg.seed)
     fixed = None if isinstance(captions, CaptionSampler) else np.asarray(list(captions), dtype=object)
+    anchors = None
+    if cfg.attribute_anchor_weight > 0:
+        if fixed is not None:
+            raise ValueError("attribute_anchor_weight > 0 needs a CaptionSampler (short_caption_fraction > 0)")
+        anchors = AttributeAnchors(model.embed_dim)
+        model.add_module("attribute_anchors", anchors)  # trained with the model, removed below
     opt = _optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
     n = len(images)
@@ -476,7 +555,10 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str] | 
         cursor += cfg.batch_size
         flip = (torch.rand(len(index), generator=generator) < 0.5) if cfg.hflip else None
         pixels = _pixels(images[index], flip)
-        batch_captions = list(fixed[index.numpy()]) if fixed is not None else captions(index.tolist())
+        if fixed is not None:
+            batch_captions, named = list(fixed[index.numpy()]), None
+        else:
+            batch_captions, named = captions.draw(index.tolist())
         image_emb = model.encode_image(pixels).proj
         text_emb = _encode_caption_batch(model, batch_captions)
         groups = None
@@ -484,12 +566,15 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str] | 
             _, groups = np.unique(np.asarray(batch_captions, dtype=object).astype(str), return_inverse=True)
             groups = torch.as_tensor(groups)
         loss = clip_loss(image_emb, text_emb, model.logit_scale, groups)
+        if anchors is not None:
+            loss = loss + cfg.attribute_anchor_weight * 0.5 * (
+                anchors(image_emb, captions.labels[index]) + anchors(text_emb, named))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, math.log(100.0))
-        losses.append(loss.item())
+        losses.append(loss.item())  # with anchors: CLIP loss + weighted anchor loss
         step += 1
         if stream is not None and (step % log_every == 0 or step == 1):
             if cfg.minutes is not None:
@@ -499,6 +584,8 @@ def train_clip(model: ReidCLIP, images: torch.Tensor, captions: Sequence[str] | 
             print(f"  pretrain step {step:5d}  loss {np.mean(losses[-log_every:]):.3f}  "
                   f"lr {opt.param_groups[0]['lr']:.2e}  scale {model.logit_scale.exp().item():.1f}  eta {eta:.0f}s",
                   file=stream, flush=True)
+    if anchors is not None:
+        del model.attribute_anchors  # not part of the CLIP: never saved
     model.eval()
     return {
         "steps": step,

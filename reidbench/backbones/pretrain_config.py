@@ -27,6 +27,7 @@ class PretrainConfig:
     hflip: bool = True
     dedupe_captions: bool = True
     short_caption_fraction: float = 0.5  # share of draws that are short attribute phrases (0: the generator's only)
+    attribute_anchor_weight: float = 1.0  # attribute anchors shared by both towers (0: plain CLIP loss)
     # Rendering difficulty of the pretraining and held-out images: the embedded default's
     # (reidbench.datasets.synthetic_sets.DEFAULT_DIFFICULTY), i.e. the images the methods see.
     difficulty: float = 0.0
@@ -43,6 +44,10 @@ class PretrainConfig:
             raise ValueError(f"minutes must be positive, got {self.minutes}")
         if not 0.0 <= self.short_caption_fraction <= 1.0:
             raise ValueError(f"short_caption_fraction must be in [0, 1], got {self.short_caption_fraction}")
+        if self.attribute_anchor_weight < 0:
+            raise ValueError(f"attribute_anchor_weight must be >= 0, got {self.attribute_anchor_weight}")
+        if self.attribute_anchor_weight > 0 and self.short_caption_fraction == 0:
+            raise ValueError("attribute_anchor_weight > 0 needs short_caption_fraction > 0 (anchors classify short captions)")
         if not 0.0 <= self.difficulty <= 1.0:
             raise ValueError(f"difficulty must be in [0, 1], got {self.difficulty}")
         if self.batch_size < 2 or self.n_images < self.batch_size:
