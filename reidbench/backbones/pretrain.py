@@ -24,6 +24,13 @@ Decisions:
   phrases ("a red and white striped t-shirt, black shoes"), so each attribute word is
   also seen apart from a 50-word template. ``short_caption_fraction=0`` trains on
   the generator's forms only.
+* Attribute anchors (:class:`AttributeAnchors`, ``attribute_anchor_weight``): image
+  embeddings and the embeddings of short captions are also classified, per attribute
+  factor, against one shared set of learnable class embeddings in the joint space (a
+  caption only on the factors it names). Both towers get the same targets from the
+  first step instead of waiting for each other (see "What holds it back" below); the
+  anchors are dropped after pretraining, and zero-shot evaluation uses prompts only.
+  The generator's attribute labels are used here and nowhere else.
 * Every generator text must fit the 77-token context (:func:`check_text_lengths`, run
   before training): until this check, a sixth of the pretraining captions (identity
   + clothing description, both detailed: up to 99 tokens) lost their clothing half
@@ -52,8 +59,9 @@ for the first 100-150 steps whatever the captions; even with captions that only 
 the top's colour ("a red top", 10 classes, batch 32, lr 1e-3) it did not leave ln(32)
 in 70 steps, while a linear probe trained through the image tower on the same labels
 learned from the first steps. Two towers from scratch have to break their symmetry
-together (neither has features the other can align to), so steps, not captions, are
-the scarce resource on a CPU budget.
+together (neither has features the other can align to). With the attribute anchors on
+the same toy task, the CLIP part of the loss fell from 3.47 to 3.29 by step 20 and
+3.04 by step 50.
 """
 
 from __future__ import annotations
