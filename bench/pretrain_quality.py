@@ -2,6 +2,7 @@
 
     python bench/pretrain_quality.py                      # fresh cache in a temp dir: times the first use
     python bench/pretrain_quality.py --cache-dir DIR      # reuse (or fill) DIR instead
+    python bench/pretrain_quality.py --steps 2 --images 256   # smoke run of the bench itself
 
 Prints, for the default ``reidbench pretrain`` (``PretrainConfig()``):
 
@@ -69,6 +70,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache-dir", default=None, help="cache root (default: a fresh temporary directory)")
     p.add_argument("--no-pedes", action="store_true", help="skip the synthetic_pedes text-to-image retrieval")
+    p.add_argument("--steps", type=int, default=None, help="smoke runs only: fewer steps than the default")
+    p.add_argument("--images", type=int, default=None, help="smoke runs only: fewer pairs than the default")
     args = p.parse_args()
     cache = Path(args.cache_dir) if args.cache_dir else Path(tempfile.mkdtemp(prefix="reidbench-pretrain-quality-"))
     # Everything under one cache: the tokenizer, the pretrained CLIP and synthetic_pedes.
@@ -79,7 +82,10 @@ def main() -> None:
     from reidbench.backbones import build_clip
     from reidbench.backbones import pretrain as P
 
+    from dataclasses import replace
+
     cfg = P.PretrainConfig()
+    cfg = replace(cfg, steps=args.steps or cfg.steps, n_images=args.images or cfg.n_images)
     fresh = not P.pretrained_dir(cfg, cache).exists()
     started = time.perf_counter()
     path = P.pretrain_tiny(cfg, cache_dir=cache)
@@ -105,7 +111,8 @@ def main() -> None:
     print(f"  image->caption R@1 ({held['caption_candidates']} captions)"
           f"{held['image_to_caption_R1']:>11.3f}{scores['random init']['image_to_caption_R1']:>14.3f}"
           f"{1 / held['caption_candidates']:>9.3f}")
-    for factor, r in held["zero_shot"].items():
+    for factor in sorted(held["zero_shot"], key=lambda f: list(P.DEFAULT_PROMPTS).index(f) if f in P.DEFAULT_PROMPTS else 99):
+        r = held["zero_shot"][factor]
         other = scores["random init"]["zero_shot"][factor]
         print(f"  zero-shot {factor:<26s}{r['accuracy']:>11.3f}{other['accuracy']:>14.3f}{r['chance']:>9.3f}"
               f"{r['majority']:>11.3f}")

@@ -665,7 +665,9 @@ def format_report(record: dict) -> str:
             f"{record['train_seconds']:.0f}s), loss {record['first_loss']:.2f} -> {record['final_loss']:.2f}")
     lines = [head]
     held = record["heldout"]
-    for factor, r in held["zero_shot"].items():
+    order = list(DEFAULT_PROMPTS)  # pretrain.json stores the factors sorted by name
+    for factor in sorted(held["zero_shot"], key=lambda f: order.index(f) if f in order else len(order)):
+        r = held["zero_shot"][factor]
         lines.append(f"  zero-shot {factor:<13s} {r['accuracy']:.3f} (chance {r['chance']:.3f}, majority {r['majority']:.3f}, "
                      f"{r['classes']} classes, n={r['n']})")
     lines.append(f"  image->caption R@1: {held['image_to_caption_R1']:.3f} among {held['caption_candidates']} captions "
