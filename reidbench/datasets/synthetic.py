@@ -963,6 +963,30 @@ def synthesize(out: str | os.PathLike, flavor: str | Iterable[str] = "all", ids:
 # --------------------------------------------------------------------------- pretraining pairs
 
 
+def pretraining_caption(texts: tuple, rng: np.random.Generator) -> str:
+    """One pretraining caption from ``World.texts``' variants of an (identity, outfit):
+    2/6 SCGI template, 1/6 CUHK-PEDES style, 1/6 per description style, where a
+    description caption is an identity description followed by a clothing one.
+
+    Both detailed descriptions together run to 99 tokens, past the 77-token CLIP
+    context (the clothing, the visible part, was cut off), so the detailed style
+    pairs a detailed description with a terse one, the identity or the clothing
+    detailed with equal probability: every caption fits the context.
+    """
+    scgi, ids, clothes, pedes_styles = texts
+    style = int(rng.integers(6))
+    if style <= 1:
+        return _pick(scgi, rng)
+    if style == 2:
+        return _pick(pedes_styles, rng)
+    s = ("terse", "detailed", "list")[style - 3]
+    if s == "detailed":
+        detailed_id = rng.random() < 0.5
+        return (_pick(ids["detailed" if detailed_id else "terse"], rng) + " "
+                + _pick(clothes["terse" if detailed_id else "detailed"], rng))
+    return _pick(ids[s], rng) + " " + _pick(clothes[s], rng)
+
+
 def _pretrain_chunk(job: tuple) -> tuple[np.ndarray, list[str], list[dict]]:
     cfg, n_ids, indices = job
     world = _world(cfg)
@@ -979,16 +1003,7 @@ def _pretrain_chunk(job: tuple) -> tuple[np.ndarray, list[str], list[dict]]:
         _rekey(rng, cfg.seed, _S_IMAGE, _PRETRAIN_NS, i)
         res, attrs = render_spec(world, _PRETRAIN_NS, spec, rng)
         images.append(np.asarray(res.image)[..., :3])
-        scgi, ids, clothes, pedes_styles = world.texts(_PRETRAIN_NS, k, _PRETRAIN_NS, spec.outfit)
-        style = int(rng.integers(6))  # 2/6 SCGI template, 1/6 CUHK-PEDES style, 1/6 per description style
-        if style <= 1:
-            text = _pick(scgi, rng)
-        elif style == 2:
-            text = _pick(pedes_styles, rng)
-        else:
-            s = ("terse", "detailed", "list")[style - 3]
-            text = _pick(ids[s], rng) + " " + _pick(clothes[s], rng)
-        captions.append(text)
+        captions.append(pretraining_caption(world.texts(_PRETRAIN_NS, k, _PRETRAIN_NS, spec.outfit), rng))
         attrs["pid"] = k
         attrs["clothes_id"] = spec.outfit
         attributes.append(attrs)
@@ -1069,6 +1084,6 @@ def read_meta(dataset_folder: str | os.PathLike) -> dict[str, dict]:
 
 __all__ = [
     "ATTRIBUTE_VOCAB", "DATASET_DIRS", "FLAVORS", "ImageSpec", "World", "WorldConfig", "clothes_descriptions",
-    "id_descriptions", "pedes_captions", "plan", "pretraining_pairs", "processed_tokens", "read_meta",
+    "id_descriptions", "pedes_captions", "plan", "pretraining_caption", "pretraining_pairs", "processed_tokens", "read_meta",
     "scgi_caption", "source_fingerprint", "synthesize", "tokenizer_corpus", "wardrobe",
 ]
