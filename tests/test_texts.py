@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 
 from reidbench.datasets import Sample, build_dataset
-from reidbench.datasets.loader import ReidImageDataset, build_eval_loader, build_text_loader, build_train_loader
+from reidbench.datasets.loader import build_eval_loader, build_text_loader, build_train_loader
 from reidbench.datasets.texts import apply_texts_files
-from reidbench.datasets.transforms import build_eval_transform
 from reidbench.harness.requirements import check_requirements
 
 H, W = 16, 8
