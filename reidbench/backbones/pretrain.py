@@ -45,7 +45,7 @@ Decisions:
   (targets spread uniformly over them, both directions); with unique captions it is
   exactly CLIP's symmetric cross-entropy. ``dedupe_captions=False`` restores plain InfoNCE.
 
-Budget: ``steps`` (the default: 500 batches of 64, lr 1e-3; machine-independent and
+Budget: ``steps`` (the default: 900 batches of 64, lr 1e-3; machine-independent and
 deterministic for a given seed) or ``minutes`` (warmup and cosine follow wall-clock
 progress, so a faster machine does more steps and a loaded one fewer). The budget is
 part of the cache key; the steps actually done are recorded in ``pretrain.json``.
