@@ -1,5 +1,6 @@
-"""BDAM with Mamba fusion and GradNorm (the text-to-image method of
-``/work/shared/papers/000_*``: "Disentangling Identity from Clothing", Secs. III-IV).
+"""BDAM with Mamba fusion and GradNorm ("Disentangling Identity from Clothing: A
+Semantically-Supervised Decoupling Framework for Robust Person Re-Identification", ICME
+submission, ``shared/papers/000``, Secs. III-IV): the text-to-image method.
 
 Text-to-image ReID: a caption (query) retrieves gallery images. One stage trains the
 backbone's image and text towers and every module below together.
