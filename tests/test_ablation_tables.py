@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reidbench.harness import plots
+from reidbench.harness.api import config_hash
 from reidbench.harness.leaderboard import load_runs
 from reidbench.harness.run_config import build_run_config, resolved_dict
 from reidbench.harness.tracking import close_run, open_run
@@ -55,7 +56,7 @@ def swept(tmp_path_factory):
         for point in expand(module.trials(argparse.Namespace(smoke=False)), datasets, [0]):
             cfg = build_run_config(overrides=[*base, *point["overrides"]])
             resolved = resolved_dict(cfg)
-            uri, run_id = open_run(cfg, resolved, resume=False)
+            uri, run_id = open_run(cfg, resolved, config_hash=config_hash(resolved))
             m_ap = made_up_map({"method": cfg.method, **resolved["params"]})
             from mlflow.tracking import MlflowClient
 
