@@ -29,7 +29,7 @@ from __future__ import annotations
 from .banks import FeatureBank
 from .distances import cosine_distance, euclidean_dist
 from .encoding import TEXT_SIDE, camera_ids, encode_images, evaluating, image_side_prefixes
-from .gradnorm import GradNorm, GradNormOutput
+from .gradnorm import ALPHA_ROLES, GradNorm, GradNormOutput
 from .heads import (
     BNNeck,
     DualNeckHead,
@@ -49,6 +49,7 @@ from .prompts import PromptLearner
 from .stages import ImageStageConfig, PresetConfig, PromptStageConfig
 
 __all__ = [
+    "ALPHA_ROLES",
     "TEXT_SIDE",
     "BNNeck",
     "CrossEntropyLabelSmooth",
