@@ -103,3 +103,20 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
     # where the trials' time went is reported (seconds outside training and evaluation)
     assert re.search(r"\[sweep\] per-trial overhead .*: mean \d+\.\d s, max \d+\.\d s over \d+ trials",
                      resumed.stdout), resumed.stdout[-3000:]
+
+
+def test_a_fresh_sweep_never_deletes_an_earlier_one(tmp_path, capsys):
+    """A sweep started again without --resume stops with one message (exit 2) before anything
+    is written, and the earlier sweep's run folders and Tune state stay as they were."""
+    from reidbench.harness.tune import Trial, sweep_main
+
+    earlier = tmp_path / "abl" / "runs" / "profd" / "default" / "synthetic_occluded" / "0" / "abc" / "weights.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"a finished run")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code = sweep_main(lambda args: [Trial("profd")], ["synthetic_occluded"],
+                      "a sweep", "abl", argv=["--output-dir", str(tmp_path), "--seeds", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "earlier sweep named 'abl'" in err and "--resume" in err and "Traceback" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert earlier.read_bytes() == b"a finished run"

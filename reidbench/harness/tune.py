@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -143,6 +142,11 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
 
     out = Path(output_dir).resolve()
     runs_dir = out / experiment / "runs"
+    path = out / experiment / "tune" / experiment
+    if not resume and (runs_dir.exists() or path.exists()):
+        # An earlier sweep's runs are the user's data: a fresh sweep never deletes them.
+        raise ValueError(f"{out / experiment} holds an earlier sweep named {experiment!r}; pass --resume to "
+                         "continue it (finished trials are kept), or give another --experiment or --output-dir")
     base = sweep_base(base, experiment, output_dir)
     cfg = build_run_config(overrides=base)
     experiment_id(client_for(tracking_uri(cfg)), experiment)  # created before any trial starts
@@ -167,15 +171,12 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
     base = packed_loader_workers(base, cpus_per_trial, gpus_per_trial)
     trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = str(out / experiment / "tune")
-    path = Path(storage) / experiment
     if resume and ray.tune.Tuner.can_restore(str(path)):
         print(f"[sweep] resuming {path}; closed {close_stale_runs(base)} stale RUNNING MLflow runs")
         tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        # A fresh sweep starts from nothing; within it, trials always resume their own
-        # checkpoints, so a retried trial continues instead of starting over.
-        shutil.rmtree(runs_dir, ignore_errors=True)
-        shutil.rmtree(path, ignore_errors=True)
+        # A fresh sweep (checked above: nothing of an earlier one here); within it, trials always
+        # resume their own checkpoints, so a retried trial continues instead of starting over.
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"base": base, "point": ray.tune.grid_search(points)},
@@ -256,8 +257,12 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     base += args.overrides
     points = expand(trials(args), datasets, seeds)
     print(f"[sweep] {args.experiment}: {len(points)} trials ({len(datasets)} datasets x {len(seeds)} seeds)")
-    results = run_sweep(points, base, args.experiment, args.output_dir, resume=args.resume,
-                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    try:
+        results = run_sweep(points, base, args.experiment, args.output_dir, resume=args.resume,
+                            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial)
+    except ValueError as exc:  # bad input found before any trial ran (an earlier sweep, a bad override)
+        print(f"[sweep] {exc}", file=sys.stderr)
+        return 2
     errors = [r for r in results if r.error]
     overheads = [r.metrics["overhead_seconds"] for r in results if r.metrics and "overhead_seconds" in r.metrics]
     if overheads:
