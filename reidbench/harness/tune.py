@@ -6,7 +6,7 @@ worker-group start-up), more workers build a ``TorchTrainer`` inside the trial w
 ``TuneReportCallback``. Every trial logs to the sweep's MLflow experiment, created
 before the trials start, under docs/design.md's names and tags.
 
-Resumability: the Tune experiment lives at ``<output_dir>/tune/<experiment>`` (no
+Resumability: the Tune experiment lives at ``<output_dir>/<experiment>/tune/<experiment>`` (no
 timestamps). ``--resume`` restores it with ``Tuner.restore``: finished trials are not
 re-run; unfinished and errored ones continue from their last epoch checkpoint in the
 same MLflow run (``train_run(resume=True)``). Runs left RUNNING by a killed driver are
@@ -63,6 +63,32 @@ def expand(trials: Iterable[Trial], datasets: Sequence[str], seeds: Sequence[int
                      *trial.overrides]
         points.append({"name": f"{trial.method}/{trial.ablation}/{dataset}/{seed}", "overrides": overrides})
     return points
+
+
+def select_rows(trials: Sequence[Trial], rows: str | None = None, compare: str | None = None) -> list[Trial]:
+    """``--rows`` and ``--compare``: the trials whose ``method/ablation`` matches one of the
+    comma-separated fnmatch patterns in ``rows`` (all of them when None), then each method named
+    in ``compare`` as a default-ablation trial, unless the grid holds it already. A pattern that
+    matches no row, or an unknown method, is an error that lists what exists."""
+    import fnmatch
+
+    from ..methods import list_methods
+
+    trials = list(trials)
+    names = [f"{t.method}/{t.ablation}" for t in trials]
+    if rows is not None:
+        patterns = [p.strip() for p in rows.split(",") if p.strip()]
+        unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+        if not patterns or unmatched:
+            raise ValueError(f"--rows {','.join(unmatched) or repr(rows)} matches no row of this sweep; "
+                             f"its rows: {', '.join(names)}")
+        trials = [t for t, n in zip(trials, names) if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    for method in [m.strip() for m in (compare or "").split(",") if m.strip()]:
+        if method not in list_methods():
+            raise ValueError(f"--compare {method}: no such method; registered: {', '.join(list_methods())}")
+        if not any(t.method == method and t.ablation == "default" for t in trials):
+            trials.append(Trial(method))
+    return trials
 
 
 def _yaml(value) -> str:
@@ -219,6 +245,12 @@ def sweep_parser(description: str, default_experiment: str) -> argparse.Argument
                    help="default: 1 if the Ray cluster has GPUs and trials run one worker each, else 0; "
                         "a fraction (0.25) packs that many trials per GPU")
     p.add_argument("--leaderboard", default=None, help="write the leaderboard CSV/Markdown here afterwards")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated row patterns (fnmatch on METHOD/ABLATION, e.g. 'ccaf/no_*,ccaf/default'): "
+                        "run only the grid's rows that match")
+    p.add_argument("--compare", default=None,
+                   help="comma-separated methods whose default runs join the grid (e.g. baseline,clip_reid), "
+                        "so that the leaderboard sets them beside the rows")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every trial")
     return p
 
@@ -255,7 +287,12 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     if args.tracking_uri:
         base.append(f"tracking.tracking_uri={args.tracking_uri}")
     base += args.overrides
-    points = expand(trials(args), datasets, seeds)
+    try:
+        grid = select_rows(trials(args), args.rows, args.compare)
+    except ValueError as exc:
+        print(f"[sweep] {exc}", file=sys.stderr)
+        return 2
+    points = expand(grid, datasets, seeds)
     print(f"[sweep] {args.experiment}: {len(points)} trials ({len(datasets)} datasets x {len(seeds)} seeds)")
     try:
         results = run_sweep(points, base, args.experiment, args.output_dir, resume=args.resume,
