@@ -286,3 +286,31 @@ def test_a_run_through_the_prcc_adapter_trains_both_stages_and_logs_every_term_b
     assert all(min(steps[t]) > stage_1_end for t in eq17), steps  # stage 2 after stage 1, each its own terms
     assert {"test/cc/mAP", "test/same_clothes/mAP"} <= set(metrics)
     assert run.data.tags["validation.protocol"] == "cc"
+
+
+def _clothes_probe():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    return importlib.import_module("clothes_probe")
+
+
+def test_the_clothes_probe_sees_outfits_beyond_the_identity_only_when_features_carry_them():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(8), 20)  # 8 identities x 2 outfits x 10 images
+    clothes = pids * 2 + np.tile(np.repeat([0, 1], 10), 8)
+    identity = np.eye(8)[pids] * 3.0
+    outfit = np.eye(16)[clothes] * 3.0
+
+    def run(parts):
+        x = np.concatenate([*parts, rng.normal(size=(len(pids), 8))], axis=1)
+        return _clothes_probe().leakage(x / np.linalg.norm(x, axis=1, keepdims=True), pids, clothes)
+
+    leaky, clean = run([identity, outfit]), run([identity, np.zeros_like(outfit)])
+    assert leaky["outfit_chance"] == clean["outfit_chance"] == 0.5
+    assert leaky["outfit_acc"] > 0.95 and leaky["same_minus_changed"] > 0.2
+    assert clean["outfit_acc"] < 0.7 and abs(clean["same_minus_changed"]) < 0.05
