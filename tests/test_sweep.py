@@ -29,6 +29,25 @@ def test_grid_expansion_names_and_overrides():
     assert "params.m_g=0.1" in points[0]["overrides"] and "tracking.ablation=m_g=0.1" in points[0]["overrides"]
 
 
+def test_rows_and_compare_pick_the_grid_a_user_asks_for(tmp_path, capsys):
+    from reidbench.harness.tune import select_rows, sweep_main
+
+    grid = param_grid("profd", {"m_g": (0.1, 0.2)}) + [Trial("profd", "full"), Trial("profd", "no_div")]
+    picked = select_rows(grid, "profd/m_g=*,profd/full", "baseline,clip_reid")
+    assert [f"{t.method}/{t.ablation}" for t in picked] == [
+        "profd/m_g=0.1", "profd/m_g=0.2", "profd/full", "baseline/default", "clip_reid/default"]
+    assert select_rows(grid + [Trial("baseline")], None, "baseline")[-1] == Trial("baseline")  # not twice
+    assert len(select_rows(grid + [Trial("baseline")], None, "baseline")) == 5
+    # a pattern that matches nothing, or an unknown method, stops the sweep before anything is written
+    for flag in (["--rows", "profd/ful"], ["--compare", "clipreid"]):
+        code = sweep_main(lambda args: grid, ["synthetic_occluded"], "a sweep", "abl",
+                          argv=["--output-dir", str(tmp_path), "--seeds", "0", *flag])
+        err = capsys.readouterr().err
+        assert code == 2 and flag[1] in err and "Traceback" not in err
+        assert ("profd/full" in err) if flag[0] == "--rows" else ("clip_reid" in err)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "sweeps").glob("*.py")))
 @pytest.mark.parametrize("smoke", [True, False])
 def test_every_sweep_grid_point_is_a_valid_run_config(script, smoke):
