@@ -31,11 +31,9 @@ or the generation parameters differ). Writes one row per (run, probe) and prints
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections import defaultdict
 from dataclasses import asdict
-from pathlib import Path
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 PROBES = ("same_outfit", "changed_outfit")
@@ -126,20 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from reidbench.datasets.synthetic_sets import DEFAULT_GENERATION
-    from reidbench.harness import checkpoint as ckpt
-    from reidbench.harness.evaluation_command import locate
-    from reidbench.harness.run_config import build_run_config
-    from reidbench.harness.trainer import eval_pixels, local_device, prepare
+    from reidbench.harness.evaluation_command import load_trained_run
+    from reidbench.harness.results import write_results_csv
+    from reidbench.harness.trainer import eval_pixels, local_device
 
     rows = []
     for run in args.runs:
-        weights, config_dir = locate(Path(run))
-        cfg = build_run_config(base=ckpt.read_config(config_dir))
+        cfg, prep = load_trained_run(run)
         if cfg.data.dataset != "synthetic_pedes" or cfg.data.root:
             raise ValueError(f"{run}: the probe is built from the generated synthetic_pedes (no data.root); this run "
                              f"trained on {cfg.data.dataset} (root {cfg.data.root})")
-        prep = prepare(cfg)
-        ckpt.load_weights(prep.method, weights)
         device = local_device(None)
         generation = {**DEFAULT_GENERATION, **asdict(cfg.data.synthetic)}
         probe = build_probe(prep.dataset, generation)
@@ -152,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as fh:
-            fh.write(f"# command: python {shlex.join(sys.argv)}\n")
-            table.to_csv(fh, index=False)
-        print(f"wrote {path}")
+        print(f"wrote {write_results_csv(table, args.out)}")
     return 0
 
 

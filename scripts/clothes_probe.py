@@ -28,9 +28,7 @@ out of the probe and counted in ``images_left_out``.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
-from pathlib import Path
 
 FOLDS = 5
 
@@ -79,17 +77,12 @@ def run_features(run: str):
     import torch
 
     from reidbench.datasets.loader import build_eval_loader
-    from reidbench.harness import checkpoint as ckpt
-    from reidbench.harness.evaluation_command import locate
-    from reidbench.harness.run_config import build_run_config
-    from reidbench.harness.trainer import embed, eval_pixels, local_device, prepare
+    from reidbench.harness.evaluation_command import load_trained_run
+    from reidbench.harness.trainer import embed, eval_pixels, local_device
 
-    weights, config_dir = locate(Path(run))
-    cfg = build_run_config(base=ckpt.read_config(config_dir))
-    prep = prepare(cfg)
+    cfg, prep = load_trained_run(run)
     if "image" not in type(prep.method).tasks:
         raise ValueError(f"{run}: method {cfg.method} is not an image ReID method")
-    ckpt.load_weights(prep.method, weights)
     samples, seen = [], set()
     for ev in prep.dataset.evaluations:
         for split in (ev.query, ev.gallery):
@@ -126,12 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     means = table.groupby(["method", "ablation"])[["outfit_acc", "outfit_chance", "same_minus_changed"]].agg(["mean", "std"])
     print(means.round(4).to_string())
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as fh:
-            fh.write(f"# command: python {shlex.join(sys.argv)}\n")
-            table.to_csv(fh, index=False)
-        print(f"wrote {path}")
+        from reidbench.harness.results import write_results_csv
+
+        print(f"wrote {write_results_csv(table, args.out)}")
     return 0
 
 

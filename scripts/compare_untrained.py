@@ -15,7 +15,6 @@ in ``--output-dir`` is removed: a run of the same name is refused, so pass a fre
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reidbench.harness.api import train_run
     from reidbench.harness.run_config import build_run_config
+    from reidbench.harness.results import write_results_csv
     from reidbench.harness.trainer import evaluate_test, local_device, prepare, summarize_results
 
     rows = []
@@ -70,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(group) > 1:
             mean.update({f"{c}_std": round(group[c].std(ddof=1), 2) for c in numeric if c.startswith("gain_")})
         frame = pd.concat([frame, pd.DataFrame([mean])], ignore_index=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/compare_untrained.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    with out.open("w") as fh:
-        fh.write(f"# command: {command}\n")
-        frame.to_csv(fh, index=False)
+    write_results_csv(frame, args.out, argv)
     print(frame.to_string(index=False))
     return 0
 

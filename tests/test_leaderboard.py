@@ -330,3 +330,15 @@ def test_published_csv_has_no_stray_whitespace():
     with open(lb.published_path(), newline="") as f:
         for row in csv.reader(f):
             assert all(cell == cell.strip() for cell in row), row
+
+
+def test_a_results_csv_starts_with_the_command_that_wrote_it(tmp_path, monkeypatch):
+    import sys
+
+    from reidbench.harness.results import write_results_csv
+
+    monkeypatch.setattr(sys, "argv", ["/somewhere/repo/scripts/clothes_probe.py", "runs/a b", "--out", "x.csv"])
+    path = write_results_csv(pd.DataFrame({"method": ["ccaf"], "mAP": [1.5]}), tmp_path / "r" / "x.csv")
+    first = path.read_text().splitlines()[0]
+    assert first == "# command: python scripts/clothes_probe.py 'runs/a b' --out x.csv"
+    assert pd.read_csv(path, comment="#").to_dict("list") == {"method": ["ccaf"], "mAP": [1.5]}

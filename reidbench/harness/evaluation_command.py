@@ -59,6 +59,16 @@ def locate(path: Path) -> tuple[Path, Path]:
                             "or a .safetensors file")
 
 
+def load_trained_run(path: str | Path):
+    """(run config, ``prepare``'s result with the trained weights loaded) for a run folder, run
+    name folder or checkpoint (:func:`locate`'s choice of weights): what the analysis scripts start from."""
+    weights, config_dir = locate(Path(path))
+    cfg = build_run_config(base=ckpt.read_config(config_dir))
+    prep = prepare(cfg)
+    ckpt.load_weights(prep.method, weights)
+    return cfg, prep
+
+
 def evaluate_untrained(args: argparse.Namespace) -> int:
     """The method's model exactly as ``prepare`` builds it (the backbone's weights, fresh heads), never
     trained: the "untrained CLIP" row a trained method has to beat. Nothing is logged."""
