@@ -126,6 +126,8 @@ def test_aggregates_seeds_exactly_and_skips_unfinished_and_duplicates(store):
     assert row["R5_mean"] == pytest.approx(statistics.mean(PAPER_R1) + 10, abs=1e-9)
     assert row["mINP_mean"] == pytest.approx(statistics.mean(PAPER_MAP) - 20, abs=1e-9)
     assert set(row["run_ids"].split(";")) == {store["ids"][("paper", s)] for s in range(3)}
+    assert row["mAP_per_seed"] == " ".join(f"{s}:{v:.2f}" for s, v in enumerate(PAPER_MAP))
+    assert row["R1_per_seed"] == " ".join(f"{s}:{v:.2f}" for s, v in enumerate(PAPER_R1))
     loaded = lb.load_runs(EXPERIMENT, store["uri"])
     assert loaded.skipped == {"status FAILED": 1, "older duplicate of a seed": 1}
 
@@ -186,6 +188,9 @@ def test_write_leaderboard_csv_and_markdown(store, tmp_path):
     row = back[(back["method"] == "profd") & (back["ablation"] == "default") & (back["dataset"] == "occluded_duke")].iloc[0]
     assert row["R1_mean"] == pytest.approx(statistics.mean(PAPER_R1), abs=1e-4)
     md = paths["markdown"].read_text()
+    all_rows = md[md.index("## All reproduced rows"):md.index("## As in the papers' tables")]
+    profd_row = next(ln for ln in all_rows.splitlines() if ln.startswith("| profd | default | occluded_duke |"))
+    assert " ".join(f"{s}:{v:.2f}" for s, v in enumerate(PAPER_MAP)) in profd_row  # the seeds behind mean ± std
     # ProFD Table 3 in the paper's shape: every row of the table, ours beside the paper's
     section = md[md.index("### ProFD Table 3"):]
     section = section[:section.find("\n### ", 5) if "\n### " in section[5:] else None]

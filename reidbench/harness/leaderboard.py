@@ -15,7 +15,8 @@ Decisions (what a reader of the numbers needs to know):
   ``BoardRuns.skipped``). Two FINISHED runs of one (method, ablation, dataset, seed,
   setup) should not exist (tracking.py replaces runs); if they do, the one that ended
   last is kept.
-* ``std`` is the sample standard deviation over seeds (ddof=1), empty for one seed.
+* ``std`` is the sample standard deviation over seeds (ddof=1), empty for one seed;
+  ``R1_per_seed`` / ``mAP_per_seed`` list each seed's value (``0:32.45 1:32.74 2:33.55``).
 * The **setup** column says how a run differs from the paper's setup, from its logged
   params: ``tiny`` (the tiny preset), ``synthetic`` (a ``synthetic_*`` dataset, or a
   ``data.root`` written by ``reidbench data synth``), ``backbone=X`` (not ViT-B/16),
@@ -103,6 +104,7 @@ import numpy as np
 import pandas as pd
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+PER_SEED = ("R1", "mAP")  # metrics whose per-seed values the leaderboard lists beside mean ± std
 KEY = ("method", "ablation", "dataset", "protocol")
 GROUP = (*KEY, "setup")
 PAPERS = {"profd": "ProFD", "ccaf": "CCAF", "clip_scgi": "CLIP-SCGI", "scing": "SCING", "bdam": "BDAM"}
@@ -363,10 +365,21 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
                 values = group[col].astype(float).dropna() if col in group else pd.Series(dtype=float)
                 row[f"{m}_mean"] = float(values.mean()) if len(values) else np.nan
                 row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+            for m in PER_SEED:
+                row[f"{m}_per_seed"] = _per_seed(group, cols[m])
             rows.append(row)
     columns = [*GROUP, "paper_dataset", "n_seeds", "seeds",
-               *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], "run_ids"]
+               *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")], *[f"{m}_per_seed" for m in PER_SEED],
+               "run_ids"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _per_seed(group: pd.DataFrame, col: str) -> str:
+    """``seed:value`` of each run, in seed order (``0:32.45 1:32.74 2:33.55``)."""
+    if col not in group:
+        return ""
+    pairs = sorted(zip(group["seed"].astype(str), group[col].astype(float)), key=lambda p: _seed_order(p[0]))
+    return " ".join(f"{seed}:{value:.2f}" for seed, value in pairs if not math.isnan(value))
 
 
 def _seed_order(seed: str):
@@ -407,7 +420,7 @@ def leaderboard_sorted(board: pd.DataFrame) -> pd.DataFrame:
     board = (board.assign(_a=ablation_rank).sort_values(["method", "paper_dataset", "protocol", "_a", "setup"])
              .drop(columns="_a").reset_index(drop=True))
     columns = [*GROUP, "n_seeds", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-               "paper_ablation", "paper_dataset", "paper_protocol", "published_source",
+               *[f"{m}_per_seed" for m in PER_SEED], "paper_ablation", "paper_dataset", "paper_protocol", "published_source",
                *[f"published_{m}" for m in METRICS], *[f"diff_{m}" for m in METRICS], "run_ids"]
     return board[columns]
 
@@ -504,13 +517,14 @@ def to_markdown(board: pd.DataFrame, published: pd.DataFrame, experiment: str = 
              "`synthetic-clip` weights, `epochs*S`); only `paper` rows get a difference (Δ) to the published "
              "number, the others show it beside theirs without comparing.", "",
              "## All reproduced rows", ""]
-    header = ["method", "ablation", "dataset", "protocol", "setup", "seeds", *METRICS, "published (source)"]
+    header = ["method", "ablation", "dataset", "protocol", "setup", "seeds", *METRICS, "mAP per seed",
+              "published (source)"]
     body = []
     for _, r in board.iterrows():
         pub = [f"{m} {_printed(r[f'published_{m}'])}" for m in METRICS if not math.isnan(r[f"published_{m}"])]
         source = f"{', '.join(pub)} ({r['published_source']})" if pub else ""
         body.append([r["method"], r["ablation"], r["dataset"], r["protocol"], r["setup"], r["seeds"],
-                     *[_ours(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS], source])
+                     *[_ours(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS], r.get("mAP_per_seed", ""), source])
     lines += _table(header, body)
     tables = paper_tables(board, published)
     if tables:
