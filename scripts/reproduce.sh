@@ -28,10 +28,9 @@ sweep bdam_synthetic_pedes sweeps/ablation_bdam.py \
 # CLIP-SCGI (issue 18): Table III rows and the fixed-sentence control against clip_reid and the baseline.
 sweep scgi_market_occluded sweeps/ablation_scgi.py \
   --rows 'clip_scgi/no_cff,clip_scgi/no_cgi,clip_scgi/default,clip_scgi/fixed_caption' --compare baseline,clip_reid
-# ProFD (issue 20): Tables 3-5 against clip_reid and the baseline.
+# ProFD (issue 20): Tables 3-5 (clip_reid and the baseline on synthetic_occluded are in scgi_market_occluded).
 sweep profd_synthetic_occluded sweeps/ablation_profd.py \
-  --rows 'profd/no_*,profd/sea_only,profd/spa_only,profd/global_memory_only,profd/part_memory_only,profd/full' \
-  --compare baseline,clip_reid
+  --rows 'profd/no_*,profd/sea_only,profd/spa_only,profd/global_memory_only,profd/part_memory_only,profd/full'
 # SCING (issue 20): Table 3.
 sweep scing_synthetic_occluded sweeps/ablation_scing.py \
   --rows 'scing/baseline,scing/metanet,scing/no_pdca,scing/full'
