@@ -302,9 +302,9 @@ def test_the_clothes_probe_sees_outfits_beyond_the_identity_only_when_features_c
 
     rng = np.random.default_rng(0)
     pids = np.repeat(np.arange(8), 20)  # 8 identities x 2 outfits x 10 images
-    clothes = pids * 2 + np.tile(np.repeat([0, 1], 10), 8)
+    clothes = np.tile(np.repeat([0, 1], 10), 8)  # numbered per identity, as PRCC-style adapters do
     identity = np.eye(8)[pids] * 3.0
-    outfit = np.eye(16)[clothes] * 3.0
+    outfit = np.eye(16)[pids * 2 + clothes] * 3.0
 
     def run(parts):
         x = np.concatenate([*parts, rng.normal(size=(len(pids), 8))], axis=1)
