@@ -19,7 +19,8 @@ import torch
 
 from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
-from .components import DualNeckHead, ImageStageConfig, PresetConfig, encode_images, image_side_prefixes
+from .components import (TINY_IMAGE_STAGE, DualNeckHead, ImageStageConfig, PresetConfig, encode_images,
+                         image_side_prefixes)
 
 IMAGE_STAGE = "image"
 
@@ -32,13 +33,9 @@ class BaselineConfig(PresetConfig):
     neck_feat: Literal["before", "after"] = "before"
     image: ImageStageConfig = field(default_factory=ImageStageConfig)
 
-    # tiny: the same image-stage schedule as clip_reid's tiny preset (see the reasons
-    # there), so the two rows differ only by the text supervision.
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {
-            "image": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11], "head_lr_mult": 10.0},
-        },
-    }
+    # tiny: every image method's tiny image stage (components.TINY_IMAGE_STAGE, calibrated on
+    # this baseline), so the rows of a comparison differ only by the method.
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"image": TINY_IMAGE_STAGE}}
 
 
 @register_method

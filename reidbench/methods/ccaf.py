@@ -86,6 +86,7 @@ from torch import nn
 from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import (
+    TINY_IMAGE_STAGE,
     DualNeckHead,
     FeatureBank,
     ImageStageConfig,
@@ -146,7 +147,7 @@ class CcafConfig(PresetConfig):
             "i2t_logits": "cosine",
             "image_schedule": "steps",
             "prompt": {"epochs": 10, "lr": 3.5e-3, "warmup_epochs": 1, "warmup_lr": 3.5e-4},
-            "image": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11], "head_lr_mult": 10.0},
+            "image": TINY_IMAGE_STAGE,
         },
     }
 

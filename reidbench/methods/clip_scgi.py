@@ -79,6 +79,7 @@ from torch import nn
 from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import LOGGED, DataSpec, Method, Stage, register_method
 from .components import (
+    TINY_IMAGE_LR,
     BNNeck,
     CrossEntropyLabelSmooth,
     PresetConfig,
@@ -132,12 +133,12 @@ class ClipScgiConfig(PresetConfig):
     schedule_offset: int = 0
 
     # tiny: the CPU benchmark's schedule of the other image methods' tiny presets (12 epochs
-    # at 1e-4, warm-up 2, decay at 8 and 11, new modules at 10x), so rows differ by the
+    # at TINY_IMAGE_LR, warm-up 2, decay at 8 and 11, new modules at 10x), so rows differ by the
     # method. L_con on cosine similarities at temperature 0.05 instead of raw dot products,
     # whose scale is the tiny CLIP's feature norms (clip_reid's tiny preset saw the raw
     # form cost 2-3 mAP). Not tuned.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11],
+        "tiny": {"epochs": 12, "lr": TINY_IMAGE_LR, "warmup_epochs": 2, "milestones": [8, 11],
                  "con_normalize": True, "con_temperature": 0.05},
     }
 

@@ -123,6 +123,7 @@ from torchvision.ops import sigmoid_focal_loss
 from ..datasets.transforms import CLIP_REID_MEAN, CLIP_REID_STD
 from .base import DataSpec, Method, Stage, register_method
 from .components import (
+    TINY_IMAGE_LR,
     BNNeck,
     CrossEntropyLabelSmooth,
     PresetConfig,
@@ -516,7 +517,7 @@ class ProFDConfig(PresetConfig):
     # same image-encoder schedule as clip_reid's / baseline's tiny presets so that the
     # rows of a comparison differ by the method, not by the training budget.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"n_ctx": 4, "epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11],
+        "tiny": {"n_ctx": 4, "epochs": 12, "lr": TINY_IMAGE_LR, "warmup_epochs": 2, "milestones": [8, 11],
                  "new_module_lr_mult": 10.0},
     }
 

@@ -113,6 +113,7 @@ from torchvision.transforms import v2
 from .base import DataSpec, Method, Stage, register_method
 from .clip_reid import IMAGE_STAGE, PROMPT_STAGE, ClipReid
 from .components import (
+    TINY_IMAGE_LR,
     TEXT_SIDE,
     DualNeckHead,
     FeatureBank,
@@ -218,7 +219,7 @@ class ScingConfig(PresetConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {
             "prompt": {"epochs": 10, "lr": 3.5e-3, "milestones": [7, 9]},
-            "image": {"epochs": 12, "lr": 1e-4, "warmup_epochs": 2, "milestones": [8, 11]},
+            "image": {"epochs": 12, "lr": TINY_IMAGE_LR, "warmup_epochs": 2, "milestones": [8, 11]},
         },
     }
 

@@ -7,7 +7,8 @@
 * ``prompts``: ``PromptLearner`` (CLIP-ReID / CoOp context tokens).
 * ``banks``: ``FeatureBank``, features cached once before a stage.
 * ``encoding``: ``encode_images``, ``camera_ids``, ``image_side_prefixes``.
-* ``stages``: ``ImageStageConfig``, ``PromptStageConfig`` and the ``PresetConfig`` mixin.
+* ``stages``: ``ImageStageConfig``, ``PromptStageConfig``, the ``PresetConfig`` mixin and the tiny
+  preset's image-tower fine-tuning (``TINY_IMAGE_LR``, ``TINY_IMAGE_STAGE``).
 * ``gradnorm``: ``GradNorm`` (learned task weights balanced by GradNorm, BDAM Eqs. 5-6)
   and its ``GradNormOutput``.
 
@@ -46,7 +47,7 @@ from .losses import (
     supcon_loss,
 )
 from .prompts import PromptLearner
-from .stages import ImageStageConfig, PresetConfig, PromptStageConfig
+from .stages import TINY_IMAGE_LR, TINY_IMAGE_STAGE, ImageStageConfig, PresetConfig, PromptStageConfig
 
 __all__ = [
     "ALPHA_ROLES",
@@ -63,6 +64,8 @@ __all__ = [
     "PromptLearner",
     "PromptStageConfig",
     "ReidObjective",
+    "TINY_IMAGE_LR",
+    "TINY_IMAGE_STAGE",
     "TripletLoss",
     "camera_ids",
     "cosine_distance",
