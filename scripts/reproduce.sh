@@ -22,9 +22,10 @@ SELECTED=("$@")
 # CCAF (issue 17): Table 3 rows against clip_reid and the baseline, cloth-changing protocol.
 sweep ccaf_synthetic_cc sweeps/ablation_ccaf.py \
   --rows 'ccaf/baseline,ccaf/no_i2i_no_cfm,ccaf/no_cfm,ccaf/default' --compare baseline,clip_reid
-# BDAM (issue 19): Table IV rows and the image-only gallery against the text-to-image baseline.
-sweep bdam_synthetic_pedes sweeps/ablation_bdam.py \
-  --rows 'bdam/default,bdam/no_infonce,bdam/no_triplet,bdam/no_align_loss,bdam/no_decouple,bdam/no_gate_reg,bdam/image_only_gallery,t2i_baseline/default'
+# BDAM (issue 19): against the text-to-image baseline, then Table IV rows and the image-only gallery.
+sweep bdam_vs_t2i_synthetic_pedes sweeps/ablation_bdam.py --rows 'bdam/default,t2i_baseline/default'
+sweep bdam_table4_synthetic_pedes sweeps/ablation_bdam.py \
+  --rows 'bdam/no_infonce,bdam/no_triplet,bdam/no_align_loss,bdam/no_decouple,bdam/no_gate_reg,bdam/image_only_gallery'
 # CLIP-SCGI (issue 18): Table III rows and the fixed-sentence control against clip_reid and the baseline.
 sweep scgi_market_occluded sweeps/ablation_scgi.py \
   --rows 'clip_scgi/no_cff,clip_scgi/no_cgi,clip_scgi/default,clip_scgi/fixed_caption' --compare baseline,clip_reid
