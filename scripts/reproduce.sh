@@ -22,6 +22,12 @@ SELECTED=("$@")
 # CCAF (issue 17): Table 3 rows against clip_reid and the baseline, cloth-changing protocol.
 sweep ccaf_synthetic_cc sweeps/ablation_ccaf.py \
   --rows 'ccaf/baseline,ccaf/no_i2i_no_cfm,ccaf/no_cfm,ccaf/default' --compare baseline,clip_reid
+# The untrained-backbone question (issue 16): the baseline and the CLIP-ReID family on their
+# synthetic benchmarks with the tiny CLIP of today, each run's last epoch.
+sweep benchmark_synthetic_market sweeps/benchmark.py --datasets synthetic_market \
+  --rows 'baseline/default,clip_reid/default' data.val_fraction=0
+sweep benchmark_synthetic_occluded sweeps/benchmark.py --datasets synthetic_occluded \
+  --rows 'baseline/default,clip_reid/default,profd/default,scing/default' data.val_fraction=0
 # BDAM (issue 19): against the text-to-image baseline, then Table IV rows and the image-only gallery.
 sweep bdam_vs_t2i_synthetic_pedes sweeps/ablation_bdam.py --rows 'bdam/default,t2i_baseline/default'
 sweep bdam_table4_synthetic_pedes sweeps/ablation_bdam.py \
