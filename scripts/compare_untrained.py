@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 trained = None if args.untrained_only else train_run(cfg, resume=args.resume)
                 for protocol in sorted({k.split("/")[1] for k in untrained}):
                     row = {"method": method, "dataset": dataset, "preset": args.preset,
-                           **({key: value} if value is not None else {}), "seed": seed, "protocol": protocol,
+                           **({key: value} if value is not None and trained else {}), "seed": seed, "protocol": protocol,
                            "run_id": trained["run_id"] if trained else ""}
                     for metric in METRICS:
                         name = f"test/{protocol}/{metric}"
