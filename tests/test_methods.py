@@ -443,3 +443,22 @@ def test_t2i_without_captions_is_a_clear_error():
     del batch["caption"]
     with pytest.raises(ValueError, match="no 'caption' texts"):
         method.embed_text(batch)
+
+
+def test_every_image_method_fine_tunes_the_tiny_clip_at_the_one_calibrated_lr():
+    """The tiny preset's rows differ by the method, not by how hard each one trains the
+    image tower (components.TINY_IMAGE_LR, calibrated against the untrained backbone)."""
+    from reidbench.harness.run_config import build_run_config, method_config
+    from reidbench.methods.components import TINY_IMAGE_LR
+
+    seen = []
+    for name in list_methods():
+        cls = get_method(name)
+        if "image" not in cls.tasks:
+            continue
+        cfg = method_config(build_run_config(overrides=[f"method={name}", "preset=tiny"]))
+        method = cls(cfg, FakeCLIP(num_cameras=2), DataSpec(NUM_CLASSES, 2, num_clothes=2 * NUM_CLASSES))
+        image_stage = method.stages()[-1]  # the CLIP-ReID family's last stage fine-tunes the image tower
+        assert image_stage.lr == TINY_IMAGE_LR, (name, image_stage.name, image_stage.lr)
+        seen.append(name)
+    assert {"baseline", "clip_reid", "profd", "scing", "ccaf", "clip_scgi"} <= set(seen)
