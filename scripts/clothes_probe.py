@@ -76,8 +76,9 @@ def leakage(features, pids, clothes, seed: int = 0) -> dict[str, float]:
     }
 
 
-def run_features(run: str):
-    """(features, pids, clothes ids, run config) of a trained run's test images."""
+def run_features(run: str, untrained: bool = False):
+    """(features, pids, clothes ids, run config) of a trained run's test images; with
+    ``untrained``, of the same model before training (the backbone's own features)."""
     import numpy as np
     import torch
 
@@ -86,6 +87,10 @@ def run_features(run: str):
     from reidbench.harness.trainer import embed, eval_pixels, local_device
 
     cfg, prep = load_trained_run(run)
+    if untrained:
+        from reidbench.harness.trainer import prepare
+
+        prep = prepare(cfg)
     if "image" not in type(prep.method).tasks:
         raise ValueError(f"{run}: method {cfg.method} is not an image ReID method")
     samples, seen = [], set()
@@ -109,16 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="trained run folders or checkpoints")
     parser.add_argument("--out", default=None, help="CSV to write (first line: the command)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="also probe the first run's model before training (ablation 'untrained')")
     args = parser.parse_args(argv)
 
     import pandas as pd
 
     rows = []
-    for run in args.runs:
-        feats, pids, clothes, cfg = run_features(run)
-        figures = leakage(feats, pids, clothes, seed=cfg.seed)
-        rows.append({"run": run, "method": cfg.method, "ablation": cfg.tracking.ablation, "dataset": cfg.data.dataset,
-                     "seed": cfg.seed, **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}})
+    for i, run in enumerate(args.runs):
+        for untrained in (False, True) if args.untrained and i == 0 else (False,):
+            feats, pids, clothes, cfg = run_features(run, untrained)
+            figures = leakage(feats, pids, clothes, seed=cfg.seed)
+            rows.append({"run": run, "method": cfg.method, "ablation": "untrained" if untrained else cfg.tracking.ablation,
+                         "dataset": cfg.data.dataset, "seed": cfg.seed,
+                         **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}})
     table = pd.DataFrame(rows)
     print(table.drop(columns="run").to_string(index=False))
     means = table.groupby(["method", "ablation"])[["outfit_acc", "outfit_chance", "same_minus_changed"]].agg(["mean", "std"])
