@@ -15,10 +15,14 @@ cross-validation to predict the clothes id. What it reports, per run:
   scores restricted to those clothes ids). The identity is given, so this is the clothing
   information beyond the identity: what a cloth-changing method should drop. Only
   identities seen in two or more outfits count.
-* ``outfit_chance``: the same figure for a guess uniform over the identity's outfits.
+* ``outfit_chance``: the same figure for a guess uniform over the identity's outfits, and
+  ``outfit_majority`` for always guessing the identity's most photographed outfit (what a
+  probe that found no clothing information falls back to).
 * ``clothes_acc``: the plain clothes-id accuracy (identity and clothes together).
 * ``same_minus_changed``: mean cosine similarity between two images of one identity in the
-  same outfit minus that in different outfits: the part of a match the clothes make.
+  same outfit minus that in different outfits: the part of a match the clothes make; and
+  ``changed_minus_other``: that in different outfits minus two images of different
+  identities: what is left to find the person by (near 0 for features that collapsed).
 
 Lower ``outfit_acc`` and ``same_minus_changed`` mean less clothes leakage. Decided here:
 an outfit is an (identity, clothes id) pair, since PRCC-style adapters number clothes per
@@ -64,12 +68,15 @@ def leakage(features, pids, clothes, seed: int = 0) -> dict[str, float]:
     sim = x @ x.T
     same_id = (p[:, None] == p[None, :]) & ~np.eye(len(p), dtype=bool)
     same_clothes = c[:, None] == c[None, :]
+    majority = {pid: max(np.count_nonzero(c == o) for o in outfits[pid]) / np.count_nonzero(p == pid) for pid in outfits}
     return {
         "outfit_acc": float(hit_own[multi].mean()),
         "outfit_chance": float(np.mean([1.0 / len(outfits[pid]) for pid in p[multi]])),
+        "outfit_majority": float(np.mean([majority[pid] for pid in p[multi]])),
         "clothes_acc": float(hit_any.mean()),
         "clothes_chance": float(1.0 / len(np.unique(c))),
         "same_minus_changed": float(sim[same_id & same_clothes].mean() - sim[same_id & ~same_clothes].mean()),
+        "changed_minus_other": float(sim[same_id & ~same_clothes].mean() - sim[p[:, None] != p[None, :]].mean()),
         "images": int(keep.sum()),
         "images_left_out": int((~keep).sum()),
         "identities_multi_outfit": int(len({pid for pid in p[multi]})),
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                          **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}})
     table = pd.DataFrame(rows)
     print(table.drop(columns="run").to_string(index=False))
-    means = table.groupby(["method", "ablation"])[["outfit_acc", "outfit_chance", "same_minus_changed"]].agg(["mean", "std"])
+    means = table.groupby(["method", "ablation"])[["outfit_acc", "outfit_majority", "same_minus_changed",
+                                                   "changed_minus_other"]].agg(["mean", "std"])
     print(means.round(4).to_string())
     if args.out:
         from reidbench.harness.results import write_results_csv
