@@ -71,6 +71,11 @@ def test_run_logs_the_curve_with_its_test_metrics(tmp_path):
     assert logged["test/standard/visibility/bin0/from"] == 0.62 and logged["test/standard/visibility/bin1/to"] == 0.91
     assert logged["test/standard/visibility/bin0/mAP"] < logged["test/standard/visibility/bin1/mAP"]
     assert robustness_results(prep, {"standard": result}, bins=0) == {}
+    # a benchmark whose queries are all unoccluded (synthetic_cc) gets no curve of one value
+    meta = root / "Occluded_Duke" / "reidbench_meta.jsonl"
+    meta.write_text("\n".join(json.dumps({**json.loads(ln), "attributes": {"visible_fraction": 1.0}})
+                              for ln in meta.read_text().splitlines()) + "\n")
+    assert robustness_results(prep, {"standard": result}, bins=2) == {}
 
 
 def test_leaderboard_shows_the_curve_per_method_over_seeds(tmp_path):
@@ -101,6 +106,9 @@ def test_leaderboard_shows_the_curve_per_method_over_seeds(tmp_path):
     assert "| profd | default | 2 | 21.00 ± 1.41 | 42.00 ± 2.83 |" in text
     assert paths["robustness"].exists() and paths["robustness_plot_0"].suffix == ".png"
     assert write_robustness(runs.drop(columns=[c for c in runs if "/visibility/" in c]), tmp_path / "none") == {}
+    # curves logged where every query was fully visible (bins 1.00-1.00) are left out
+    flat = runs.assign(dataset="synthetic_cc", **{c: 1.0 for c in runs if c.endswith(("/from", "/to"))})
+    assert set(robustness_table(pd.concat([runs, flat]))["dataset"]) == {"synthetic_occluded"}
 
 
 def test_a_run_on_the_synthetic_occluded_benchmark_logs_its_curve_and_says_how_it_selects(tmp_path, capsys):

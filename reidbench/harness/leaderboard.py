@@ -810,7 +810,12 @@ def robustness_table(runs: pd.DataFrame) -> pd.DataFrame:
         for k in ("mAP", "R1"):
             row[f"{k}_std"] = float(group[k].std(ddof=1)) if k in group and len(group) > 1 else np.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    # Runs logged before the trainer skipped queries of one visibility (synthetic_cc's) carry
+    # curves whose bins all span the same value: nothing to compare, so they are left out.
+    flat = table.groupby(["dataset", "protocol", "setup"])[["from_mean", "to_mean"]].transform(
+        lambda v: v.max() - v.min())
+    return table[(flat["from_mean"] > 0) | (flat["to_mean"] > 0)].reset_index(drop=True)
 
 
 def robustness_markdown(table: pd.DataFrame) -> list[str]:

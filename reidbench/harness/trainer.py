@@ -516,7 +516,8 @@ def evaluate_test(method: Method, prep: Prepared, cfg: RunConfig, device: torch.
 def robustness_results(prep: Prepared, results: dict[str, Any], bins: int) -> dict[str, float]:
     """Test metrics over query subsets binned by visible body fraction
     (``test/<evaluation>/visibility/bin<i>/...``, :func:`evaluate.visibility_curve`) for every
-    image evaluation whose benchmark records the fraction (the synthetic ones); none otherwise."""
+    image evaluation whose benchmark records the fraction (the synthetic ones) and whose
+    queries differ in it (``synthetic_cc``'s are all unoccluded); none otherwise."""
     from .evaluate import sample_visibility, visibility_curve, visibility_metrics
 
     out: dict[str, float] = {}
@@ -524,7 +525,7 @@ def robustness_results(prep: Prepared, results: dict[str, Any], bins: int) -> di
         if ev.protocol == "t2i" or ev.name not in results:
             continue
         visible = sample_visibility(prep.dataset.splits[ev.query], prep.dataset.root)
-        if visible is not None:
+        if visible is not None and visible.min() < visible.max():  # no curve where every query is as visible
             out.update(visibility_metrics(ev.name, visibility_curve(results[ev.name], visible, bins)))
     return out
 
