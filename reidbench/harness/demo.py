@@ -7,7 +7,7 @@ MLflow location. Prints the stage and an ETA as it goes.
 
 Budget: under 15 minutes on 2 CPU cores once the data and the tiny CLIP are cached,
 with room for every registered method. Six image methods on the three image
-benchmarks at half the tiny schedule would take about 24 min (measured costs, README),
+benchmarks at half the tiny schedule would take about twice the default plan (9.7 min timed, README),
 so by default each method trains once per task, on one benchmark that every method of
 the task can run on (``DEMO_BENCHMARKS``): the image methods on ``synthetic_cc``, whose
 test split is scored under both the cloth-changing (``cc``, the headline) and the
