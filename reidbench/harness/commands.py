@@ -113,7 +113,8 @@ def add_commands(sub) -> None:
                       help="fraction of the tiny preset's epochs each run trains (default %(default)s)")
     demo.add_argument("--all-benchmarks", action="store_true",
                       help="every method on every synthetic benchmark of its task (default: the image methods on "
-                           "synthetic_cc, the text methods on synthetic_pedes; the default took 9.7 min on 2 cores, this about twice that)")
+                           "synthetic_cc, the text methods on synthetic_pedes; the default took 9.7 min on 2 "
+                           "cores, this about twice that)")
     demo.set_defaults(func=_demo)
 
     board = sub.add_parser("leaderboard", help="an experiment's runs as CSV/Markdown tables beside the published numbers")
