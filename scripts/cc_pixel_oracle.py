@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reidbench.datasets import build_dataset
     from reidbench.harness.evaluate import rank_metrics_from_features
-    from reidbench.harness.results import write_results_csv
+    from reidbench.harness.results import report
     from reidbench.methods.ccaf import CLOTHES_CLASSES
 
     dataset = build_dataset(args.dataset, args.root)
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 protocol=ev.protocol, metric="cosine")
             rows.append({"dataset": args.dataset, "evaluation": ev.name, "protocol": ev.protocol, "region": region,
                          "bins": args.bins, **{k: round(v, 2) for k, v in result.summary().items()}})
-    table = pd.DataFrame(rows)
-    print(table.to_string(index=False))
-    if args.out:
-        print(f"wrote {write_results_csv(table, args.out)}")
+    report(pd.DataFrame(rows), args.out)
     return 0
 
 

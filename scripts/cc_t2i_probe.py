@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reidbench.datasets.synthetic_sets import DEFAULT_GENERATION
     from reidbench.harness.evaluation_command import load_trained_run
-    from reidbench.harness.results import write_results_csv
+    from reidbench.harness.results import report
     from reidbench.harness.trainer import eval_pixels, local_device
 
     rows = []
@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"run": run, "method": cfg.method, "ablation": cfg.tracking.ablation, "seed": cfg.seed,
                          "probe": name, "queries": int(metrics["queries"]), "gallery": len(probe["gallery"]),
                          **{m: round(metrics[m], 2) for m in METRICS}})
-    table = pd.DataFrame(rows)
-    print(table.to_string(index=False))
-    if args.out:
-        print(f"wrote {write_results_csv(table, args.out)}")
+    report(pd.DataFrame(rows), args.out)
     return 0
 
 

@@ -19,6 +19,14 @@ def write_results_csv(frame, path: str | Path, argv: list[str] | None = None) ->
     return path
 
 
+def report(frame, out: str | Path | None = None) -> None:
+    """Print ``frame`` and, when ``out`` is given, write it with :func:`write_results_csv`:
+    how every analysis script ends."""
+    print(frame.to_string(index=False))
+    if out:
+        print(f"wrote {write_results_csv(frame, out)}")
+
+
 def _script(path: str) -> str:
     """The script as the repository names it (``scripts/x.py``), wherever it was started from."""
     p = Path(path).resolve()
