@@ -420,7 +420,8 @@ def leaderboard_sorted(board: pd.DataFrame) -> pd.DataFrame:
     board = (board.assign(_a=ablation_rank).sort_values(["method", "paper_dataset", "protocol", "_a", "setup"])
              .drop(columns="_a").reset_index(drop=True))
     columns = [*GROUP, "n_seeds", "seeds", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-               *[f"{m}_per_seed" for m in PER_SEED], "paper_ablation", "paper_dataset", "paper_protocol", "published_source",
+               *[f"{m}_per_seed" for m in PER_SEED],
+               "paper_ablation", "paper_dataset", "paper_protocol", "published_source",
                *[f"published_{m}" for m in METRICS], *[f"diff_{m}" for m in METRICS], "run_ids"]
     return board[columns]
 

@@ -106,4 +106,4 @@ class PresetConfig:
         return copy.deepcopy(cls.PRESETS[name])
 
 
-__all__ = ["ImageStageConfig", "PresetConfig", "PromptStageConfig"]
+__all__ = ["TINY_IMAGE_LR", "TINY_IMAGE_STAGE", "ImageStageConfig", "PresetConfig", "PromptStageConfig"]
