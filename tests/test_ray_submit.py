@@ -42,7 +42,13 @@ Decisions:
   ``~/reidbench-src``, ``~/reidbench-venv``, ``~/reidbench-mlflow``, ``~/leaderboards``,
   Ray's ``~/ray_bootstrap_*`` and the submitted ``~/ablation_profd.py`` are removed. If
   any of them exists before the test starts (a leftover, or a real cluster set up on this
-  machine), the test fails rather than overwrite it. The synthetic benchmark is generated
+  machine), the test fails rather than overwrite it, unless a claim file says a run of this
+  test made it: before it creates anything, a run writes ``~/.reidbench-ray-submit-test.json``
+  (its token, PID, ``~/.bashrc`` as it was, and the paths above, none of which existed then)
+  and removes it only when its cleanup is complete. A run that was killed (a session stopped
+  mid-test, SIGKILL) leaves the claim behind; the next run ends the processes carrying the
+  claim's token, restores ``~/.bashrc`` and removes the claimed paths, and says so. A claim
+  whose owner still runs stops the test. The synthetic benchmark is generated
   into the shared cache (``~/.cache/reidbench``) and kept there, as any run would. Ray's
   files on the "laptop" side go too when this run made them: the config cache
   ``/tmp/ray-config-<hash>``, the local provider's ``/tmp/ray/cluster-reidbench-local.*``
@@ -112,6 +118,7 @@ SUBMIT_TIMEOUT = 1800
 DOWN_TIMEOUT = 300
 RAY_TMP = Path(tempfile.gettempdir()) / "ray"
 NODE_PTH = "reidbench-test-env.pth"  # written into the node venv's site-packages
+CLAIM = HOME / ".reidbench-ray-submit-test.json"  # what a run is about to create (see the module docstring)
 RAY_LOCAL_FILES = [RAY_TMP / "ray_current_cluster", RAY_TMP / "cluster-reidbench-local.state",
                    RAY_TMP / "cluster-reidbench-local.lock"]
 
@@ -257,6 +264,64 @@ def end_by_pid_file(pid_file: Path, is_ours) -> tuple[list[psutil.Process], str 
     return family, None
 
 
+def process_identity(pid: int) -> float | None:
+    """The creation time of process ``pid`` (with the PID, what identifies it), or None when it is gone."""
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def recover_interrupted_run(home: Path, claim_path: Path) -> list[str]:
+    """Undo what a killed run of this test left in ``home``, as its claim file lists it; return notes.
+
+    Only what the claim names is touched: the processes carrying its token, ``.bashrc`` (written
+    back as the claim recorded it; one the run created is removed only if it holds nothing but the
+    cluster's lines) and the claimed paths, which did not exist when that run started. Fails when
+    the claim's owner is still running (another run of this test)."""
+    if not claim_path.exists():
+        return []
+    claim = json.loads(claim_path.read_text())
+    if process_identity(claim["pid"]) == claim["pid_created"]:
+        pytest.fail(f"{claim_path}: run {claim['token']} (pid {claim['pid']}) of this test is still running")
+    notes = [f"{claim_path}: run {claim['token']} (started {time.ctime(claim['started'])}) was interrupted; "
+             f"undoing what it left"]
+    left = marked_processes(claim["token"])
+    if left:
+        notes.append(f"ended its processes {describe(left)}")
+        end_processes(left)
+    bashrc = home / ".bashrc"
+    if claim["bashrc"] is not None:
+        if not bashrc.exists() or bashrc.read_bytes() != bytes.fromhex(claim["bashrc"]):
+            bashrc.write_bytes(bytes.fromhex(claim["bashrc"]))
+            bashrc.chmod(claim["bashrc_mode"])
+            notes.append(f"restored {bashrc}")
+    elif bashrc.exists():
+        lines = [line for line in bashrc.read_text(errors="replace").splitlines() if line.strip()]
+        if all("reidbench-venv/bin" in line or "MLFLOW_TRACKING_URI" in line for line in lines):
+            bashrc.unlink()
+            notes.append(f"removed {bashrc}, which that run created")
+    removed = []
+    for name in claim["paths"]:
+        path = home / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    for name in claim["ray_local_files"]:
+        if Path(name).exists():
+            Path(name).unlink()
+            removed.append(name)
+    if removed:
+        notes.append(f"removed {removed}")
+    claim_path.unlink()
+    return notes
+
+
 class LocalCluster:
     """The SSH server, the cluster config copy and everything to undo afterwards."""
 
@@ -292,6 +357,16 @@ class LocalCluster:
         assert "reidbench-venv/bin" not in text and "MLFLOW_TRACKING_URI" not in text, (
             f"{BASHRC} already has the cluster's PATH/MLFLOW_TRACKING_URI lines; the test restores the file as it "
             f"finds it, so remove them first")
+
+    def write_claim(self) -> None:
+        """Record, before anything is made, what this run will create (removed by a complete cleanup)."""
+        bashrc = BASHRC.read_bytes() if BASHRC.exists() else None
+        CLAIM.write_text(json.dumps({
+            "token": self.token, "pid": os.getpid(), "pid_created": process_identity(os.getpid()),
+            "started": self.started, "bashrc": bashrc.hex() if bashrc is not None else None,
+            "bashrc_mode": BASHRC.stat().st_mode & 0o7777 if bashrc is not None else None,
+            "paths": [*REMOTE_PATHS, self.output_dir.name],
+            "ray_local_files": [str(p) for p in RAY_LOCAL_FILES if p not in self.ray_files_before]}))
 
     # -- sshd
     def start_sshd(self) -> None:
@@ -450,6 +525,8 @@ SetEnv {MARK}={self.token}
                 if path.name == "ray_current_cluster":
                     self.notes.append(f"removed {path} left by the cluster ({path.read_text().strip()})")
                 path.unlink()
+        if not problems:
+            CLAIM.unlink(missing_ok=True)
         return problems
 
     def save_artifacts(self) -> None:
@@ -505,13 +582,54 @@ def test_node_environment_imports_the_mount_first_and_this_interpreters_packages
     assert site_listing(site_dirs) == before
 
 
+def test_a_killed_runs_leftovers_are_undone_from_its_claim_and_nothing_else(tmp_path):
+    """The CI failure this guards against: a run killed mid-test (its session stopped) left
+    ~/reidbench-src and the rest behind, and every later run failed on them."""
+    home, claim_path = tmp_path / "home", tmp_path / "claim.json"
+    home.mkdir()
+    original = b"# the user's own bashrc\n"
+    (home / ".bashrc").write_bytes(original + b'export PATH="$HOME/reidbench-venv/bin:$PATH"\n')
+    (home / "reidbench-src" / "reidbench").mkdir(parents=True)
+    (home / "ray_bootstrap_key.pem").write_text("key")
+    (home / "unclaimed").mkdir()
+    (home / "leaderboards.bak").write_text("a user's file beside a claimed name")
+    token, other = secrets.token_hex(8), secrets.token_hex(8)
+    sleepers = {t: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                    env={**os.environ, MARK: t}) for t in (token, other)}
+    claim = {"token": token, "pid": os.getpid(), "pid_created": process_identity(os.getpid()), "started": time.time(),
+             "bashrc": original.hex(), "bashrc_mode": 0o644, "paths": [*REMOTE_PATHS, f"reidbench-submit-test-{token}"],
+             "ray_local_files": [str(tmp_path / "ray_current_cluster")]}
+    try:
+        # the owner is alive (this very process): nothing is touched
+        claim_path.write_text(json.dumps(claim))
+        with pytest.raises(pytest.fail.Exception, match="still running"):
+            recover_interrupted_run(home, claim_path)
+        assert (home / "reidbench-src").exists() and claim_path.exists() and sleepers[token].poll() is None
+        # the same PID with another creation time is another process: the owner is gone
+        claim_path.write_text(json.dumps({**claim, "pid_created": 0.0}))
+        (tmp_path / "ray_current_cluster").write_text("127.0.0.1:6379")
+        notes = recover_interrupted_run(home, claim_path)
+        assert sorted(p.name for p in home.iterdir()) == [".bashrc", "leaderboards.bak", "unclaimed"], notes
+        assert (home / ".bashrc").read_bytes() == original
+        assert not (tmp_path / "ray_current_cluster").exists() and not claim_path.exists()
+        assert sleepers[token].wait(timeout=30) is not None and sleepers[other].poll() is None
+        assert any("interrupted" in n for n in notes)
+        assert recover_interrupted_run(home, claim_path) == []  # no claim: nothing to do
+    finally:
+        for proc in sleepers.values():
+            proc.kill()
+            proc.wait()
+
+
 def test_ray_submit_smoke_sweep_end_to_end(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root: installs packages with apt-get and runs sshd for the local cluster's ssh_user root")
     apt_seconds = ensure_packages()
     cluster = LocalCluster(tmp_path)
     cluster.timings["apt-get install"] = round(apt_seconds, 1)
+    cluster.notes += recover_interrupted_run(HOME, CLAIM)
     cluster.check_machine_is_free()
+    cluster.write_claim()
     expected = smoke_trial_names()
     assert len(expected) == 10, f"the smoke grid changed: {expected}"
     site_dirs = interpreter_site_dirs()
