@@ -41,3 +41,6 @@ sweep profd_synthetic_occluded sweeps/ablation_profd.py \
 # SCING (issue 20): Table 3.
 sweep scing_synthetic_occluded sweeps/ablation_scing.py \
   --rows 'scing/baseline,scing/metanet,scing/no_pdca,scing/full'
+# ProFD (issue 20): the Fig. 4 momentum grid, each momentum varied with the other at 0.2 (= full).
+sweep profd_momentum_synthetic_occluded sweeps/ablation_profd.py \
+  --rows 'profd/m_g=0.[159]*,profd/m_p=0.[159]*,profd/full'
