@@ -266,3 +266,5 @@ def test_a_cloth_changing_run_validates_under_cc_and_mlflow_says_so(tmp_path):
         "cc", OFFICIAL, "val/mAP")
     assert int(tags["validation.queries"]) > 0
     assert "val/mAP" in run.data.metrics
+    # which epoch's weights were tested, as the run returned it
+    assert run.data.metrics["best_epoch"] == metrics["best_epoch"]

@@ -460,10 +460,13 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     if env.is_main:
         final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test,
                          **robustness_results(prep, results, cfg.evaluation.visibility_bins)}
+        # The last stage's epoch (0-based) whose weights were tested; -1: no validation, the last epoch's.
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
-            env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
-                                    step=stage_step_offset(stages, cfg, len(stages)))
+            logged = {k: v for k, v in final_metrics.items() if k.startswith("test/")}
+            if state["best"]["epoch"] >= 0:  # MLflow shows which epoch validation picked
+                logged["best_epoch"] = final_metrics["best_epoch"]
+            env.tracker.log_metrics(logged, step=stage_step_offset(stages, cfg, len(stages)))
             from .plots import cmc_figure
 
             env.tracker.log_figure(cmc_figure({name: r.cmc for name, r in results.items()}, title=cfg.run_name),
