@@ -253,3 +253,27 @@ def test_anchors_train_with_the_model_and_are_not_kept():
     assert summary["steps"] == 2 and set(model.state_dict()) == before
     with pytest.raises(ValueError, match="needs short_caption_fraction"):
         P.PretrainConfig(short_caption_fraction=0.0, attribute_anchor_weight=1.0)
+
+
+
+@pytest.mark.parametrize("source", ["synthetic.py", "render.py", "raster.py"])
+def test_a_change_to_any_generator_source_gives_a_new_pretraining_key(tmp_path, monkeypatch, source):
+    """The tiny CLIP is trained on rendered images: a renderer change must not reuse a stale cache
+    (the key once hashed synthetic.py alone)."""
+    import shutil
+    from pathlib import Path
+
+    from reidbench.backbones.pretrain_config import PretrainConfig
+    from reidbench.datasets import render, synthetic
+
+    before = P.pretrain_key(PretrainConfig())
+    folder = Path(synthetic.__file__).parent
+    for name in ("synthetic.py", "render.py", "raster.py"):
+        shutil.copy(folder / name, tmp_path / name)
+    # the fingerprint reads these modules' files (raster.py: the one beside render's)
+    monkeypatch.setattr(synthetic, "__file__", str(tmp_path / "synthetic.py"))
+    monkeypatch.setattr(render, "__file__", str(tmp_path / "render.py"))
+    assert P.pretrain_key(PretrainConfig()) == before  # the copies alone change nothing
+    with open(tmp_path / source, "a") as fh:
+        fh.write("\n# a change\n")
+    assert P.pretrain_key(PretrainConfig()) != before

@@ -266,3 +266,10 @@ def test_a_cloth_changing_run_validates_under_cc_and_mlflow_says_so(tmp_path):
         "cc", OFFICIAL, "val/mAP")
     assert int(tags["validation.queries"]) > 0
     assert "val/mAP" in run.data.metrics
+    # which epoch's weights were tested, as the run returned it
+    assert run.data.metrics["best_epoch"] == metrics["best_epoch"]
+    # which weights the run started from: the backbone this config builds, before any training
+    from reidbench.harness.trainer import prepare, seed_everything, weights_fingerprint
+
+    seed_everything(cfg.seed)
+    assert tags["backbone.init_sha256"] == weights_fingerprint(prepare(cfg).method.backbone)

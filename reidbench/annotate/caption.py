@@ -127,10 +127,18 @@ def vlm_spec(args: argparse.Namespace) -> VlmSpec:
                    args.prompt_format, args.device)
 
 
-def write_summary(out: str, tally, provenance: dict) -> None:
-    with open(out + ".summary.json", "w", encoding="utf-8") as fh:
+def annotate_to_jsonl(command: str, dataset_name: str, items, spec, provenance: dict,
+                      args: argparse.Namespace) -> int:
+    """Run ``spec`` over ``items`` into ``args.out`` (resuming it), write ``<out>.summary.json``
+    (this run's tally and the provenance) and print the tally; what `caption` and `describe` share."""
+    sink = JsonlSink(args.out, provenance, retry_failed=args.retry_failed)
+    tally = run_work(items, spec, sink, workers=args.workers, chunk_size=args.chunk_size, desc=command,
+                     gpus_per_worker=args.gpus_per_worker)
+    with open(sink.out + ".summary.json", "w", encoding="utf-8") as fh:
         json.dump({"last_run": tally.as_dict(), "provenance": provenance}, fh, indent=1)
         fh.write("\n")
+    print(f"{command} {dataset_name} [{args.split}] -> {sink.out}: {tally.line()}")
+    return 0
 
 
 def run_caption(args: argparse.Namespace) -> int:
@@ -144,9 +152,4 @@ def run_caption(args: argparse.Namespace) -> int:
     provenance = {"command": "reidbench data caption", "model": model_provenance(spec.vlm.model),
                   "prompt_sha256": sha256_text(INSTRUCTION), **spec.vlm.record(),
                   "checks": {"max_words": spec.max_words, "slots": list(TEMPLATE_SLOTS)}, "retries": spec.retries}
-    sink = JsonlSink(args.out, provenance, retry_failed=args.retry_failed)
-    tally = run_work(items, spec, sink, workers=args.workers, chunk_size=args.chunk_size, desc="caption",
-                     gpus_per_worker=args.gpus_per_worker)
-    write_summary(sink.out, tally, provenance)
-    print(f"caption {dataset.name} [{args.split}] -> {sink.out}: {tally.line()}")
-    return 0
+    return annotate_to_jsonl("caption", dataset.name, items, spec, provenance, args)

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .caption import (add_common_arguments, add_vlm_arguments, check_vlm_arguments, vlm_spec, write_summary)
+from .caption import (add_common_arguments, add_vlm_arguments, check_vlm_arguments, vlm_spec, annotate_to_jsonl)
 from .vlm import VlmSpec
-from .work import JsonlSink, WorkItem, collect_items, run_work, sha256_text
+from .work import WorkItem, collect_items, sha256_text
 
 __all__ = ["CLOTHING_PROMPT", "GARMENT_WORDS", "IDENTITY_PROMPT", "DescribeSpec", "add_describe_arguments",
            "check_description", "pick_style", "run_describe"]
@@ -149,9 +149,4 @@ def run_describe(args: argparse.Namespace) -> int:
                   "prompt_sha256": {"identity": sha256_text(IDENTITY_PROMPT), "clothing": sha256_text(CLOTHING_PROMPT)},
                   "styles_sha256": sha256_text("\n".join(f"{n}\t{p}\t{s}" for n, p, s in spec.styles)),
                   **spec.vlm.record(), "checks": {"max_words": spec.max_words}, "retries": spec.retries}
-    sink = JsonlSink(args.out, provenance, retry_failed=args.retry_failed)
-    tally = run_work(items, spec, sink, workers=args.workers, chunk_size=args.chunk_size, desc="describe",
-                     gpus_per_worker=args.gpus_per_worker)
-    write_summary(sink.out, tally, provenance)
-    print(f"describe {dataset.name} [{args.split}] -> {sink.out}: {tally.line()}")
-    return 0
+    return annotate_to_jsonl("describe", dataset.name, items, spec, provenance, args)

@@ -236,11 +236,12 @@ def train_word_tokenizer(texts: Iterable[str], context_length: int, min_frequenc
 
 
 def synthetic_fingerprint() -> str:
-    """Hash of the synthetic generator's source. Text and images both come from it,
-    so any change there gives new cache keys (new tokenizer, new pretrained CLIP)."""
+    """Hash of the synthetic generator's source (``synthetic.source_fingerprint``: the
+    generator, the renderer and its kernels). Text and images both come from it, so any
+    change there gives new cache keys (new tokenizer, new pretrained CLIP)."""
     from reidbench.datasets import synthetic
 
-    return hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()[:12]
+    return synthetic.source_fingerprint()
 
 
 def default_tokenizer_corpus() -> list[str]:

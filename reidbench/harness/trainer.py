@@ -16,6 +16,7 @@ It runs in-process for a single worker and inside Ray Train workers otherwise;
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import sys
@@ -322,6 +323,18 @@ def check_eval_texts(method: Method, dataset: ReidDataset, validation: Validatio
         check_requirements(samples, kinds, name, root=dataset.root, what=f"{what} (evaluated)")
 
 
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 (16 hex digits) of a module's state (names, dtypes, shapes, bytes). Tagged on every run
+    as the backbone's before training: the tiny CLIP pretrained on first use is bit-identical on one
+    machine but not across CPUs, and results move with it, so runs say which weights they started from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     """Train ``cfg`` from scratch or from the latest checkpoint in ``env.store``; return final metrics."""
     from ..datasets.loader import build_eval_loader, build_train_loader
@@ -333,8 +346,8 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     prep = prepare(cfg)
     method = prep.method.to(env.device)
     validation = prep.validation
-    if env.tracker is not None:  # which protocol and split select the model, for every run
-        env.tracker.set_tags(validation.tags())
+    if env.tracker is not None:  # which protocol and split select the model, and which weights it started from
+        env.tracker.set_tags({**validation.tags(), "backbone.init_sha256": weights_fingerprint(method.backbone)})
     if env.is_main:
         print(selection_notice(cfg, validation), file=sys.stderr, flush=True)
     config_dict = resolved_dict(cfg)
@@ -460,10 +473,13 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     if env.is_main:
         final_metrics = {**final_metrics, **summarize_results(results), "test_seconds": time.perf_counter() - t_test,
                          **robustness_results(prep, results, cfg.evaluation.visibility_bins)}
+        # The last stage's epoch (0-based) whose weights were tested; -1: no validation, the last epoch's.
         final_metrics["best_epoch"] = float(state["best"]["epoch"])
         if env.tracker is not None:
-            env.tracker.log_metrics({k: v for k, v in final_metrics.items() if k.startswith("test/")},
-                                    step=stage_step_offset(stages, cfg, len(stages)))
+            logged = {k: v for k, v in final_metrics.items() if k.startswith("test/")}
+            if state["best"]["epoch"] >= 0:  # MLflow shows which epoch validation picked
+                logged["best_epoch"] = final_metrics["best_epoch"]
+            env.tracker.log_metrics(logged, step=stage_step_offset(stages, cfg, len(stages)))
             from .plots import cmc_figure
 
             env.tracker.log_figure(cmc_figure({name: r.cmc for name, r in results.items()}, title=cfg.run_name),
