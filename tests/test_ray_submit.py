@@ -361,12 +361,14 @@ class LocalCluster:
     def write_claim(self) -> None:
         """Record, before anything is made, what this run will create (removed by a complete cleanup)."""
         bashrc = BASHRC.read_bytes() if BASHRC.exists() else None
-        CLAIM.write_text(json.dumps({
+        partial = CLAIM.with_name(CLAIM.name + ".tmp")  # written whole, then renamed: a kill leaves no half claim
+        partial.write_text(json.dumps({
             "token": self.token, "pid": os.getpid(), "pid_created": process_identity(os.getpid()),
             "started": self.started, "bashrc": bashrc.hex() if bashrc is not None else None,
             "bashrc_mode": BASHRC.stat().st_mode & 0o7777 if bashrc is not None else None,
             "paths": [*REMOTE_PATHS, self.output_dir.name],
             "ray_local_files": [str(p) for p in RAY_LOCAL_FILES if p not in self.ray_files_before]}))
+        os.replace(partial, CLAIM)
 
     # -- sshd
     def start_sshd(self) -> None:
