@@ -273,6 +273,17 @@ def process_identity(pid: int) -> float | None:
         return None
 
 
+def remove_path(path: Path) -> bool:
+    """Remove a file, link or folder this test made; True if something was there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    else:
+        return False
+    return True
+
+
 def recover_interrupted_run(home: Path, claim_path: Path) -> list[str]:
     """Undo what a killed run of this test left in ``home``, as its claim file lists it; return notes.
 
@@ -303,19 +314,8 @@ def recover_interrupted_run(home: Path, claim_path: Path) -> list[str]:
             bashrc.unlink()
             notes.append(f"removed {bashrc}, which that run created")
     removed = []
-    for name in claim["paths"]:
-        path = home / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(name)
-    for name in claim["ray_local_files"]:
-        if Path(name).exists():
-            Path(name).unlink()
-            removed.append(name)
+    removed += [name for name in claim["paths"] if remove_path(home / name)]
+    removed += [name for name in claim["ray_local_files"] if remove_path(Path(name))]
     if removed:
         notes.append(f"removed {removed}")
     claim_path.unlink()
@@ -504,10 +504,7 @@ SetEnv {MARK}={self.token}
             BASHRC.unlink()
         for name in [*REMOTE_PATHS, self.output_dir.name]:
             path = HOME / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+            remove_path(path)
             if path.exists():
                 problems.append(f"could not remove {path}")
         if self.made_run_sshd:
