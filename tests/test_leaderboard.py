@@ -152,6 +152,27 @@ def test_setup_labels_and_never_compares_other_setups(store):
     assert synth_root["published_R1"] == 67.1  # ProFD quotes CLIP-ReID; no home paper, so file order decides
 
 
+def test_runs_from_different_synthetic_clips_are_never_averaged(store):
+    """The tiny CLIP `reidbench pretrain` makes differs across machines: its runs carry the weights'
+    fingerprint in the setup, so seeds made from two tiny CLIPs are two rows, not one mean."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp_id = client.create_experiment("two-machines")
+    for seed, sha, r1 in ((0, "aaaa1111bbbb2222", 40.0), (1, "aaaa1111bbbb2222", 42.0), (2, "cccc3333dddd4444", 60.0)):
+        rid = _log(client, exp_id, "scing", "default", "synthetic_occluded", seed, TINY_PARAMS,
+                   _metrics("standard", r1, r1))
+        client.set_tag(rid, "backbone.init_sha256", sha)
+    _log(client, exp_id, "scing", "no_pdca", "synthetic_occluded", 0, TINY_PARAMS, _metrics("standard", 1.0, 1.0))
+    board = lb.leaderboard("two-machines", store["uri"]).set_index(["ablation", "setup"])
+    assert board.loc[("default", "tiny/synthetic@aaaa1111"), "n_seeds"] == 2
+    assert board.loc[("default", "tiny/synthetic@aaaa1111"), "R1_mean"] == 41.0
+    assert board.loc[("default", "tiny/synthetic@cccc3333"), "seeds"] == "2"
+    assert ("no_pdca", "tiny/synthetic") in board.index  # logged before the tag existed: no suffix
+    # weights loaded from a user's directory are the same files everywhere: no suffix
+    assert lb.setup_label(PAPER_PARAMS, "occluded_duke", "aaaa1111bbbb2222") == "paper"
+
+
 def test_published_join_and_difference_for_paper_setup(store):
     board = lb.leaderboard(EXPERIMENT, store["uri"])
     row = _row(board, method="profd", ablation="default", dataset="occluded_duke")

@@ -22,7 +22,12 @@ Decisions (what a reader of the numbers needs to know):
   ``data.root`` written by ``reidbench data synth``), ``backbone=X`` (not ViT-B/16),
   ``random-init`` / ``synthetic-clip`` (not the real pretrained CLIP), ``epochs*S``
   (``optim.epochs_scale`` != 1); ``unknown`` when the params are missing. ``paper``
-  means none of these. Runs of different setups are never averaged together, and the
+  means none of these. ``@<8 hex digits>`` ends the label of a run on the synthetically
+  pretrained tiny CLIP (``backbone.pretrained=synthetic``): the start of its
+  ``backbone.init_sha256`` tag. ``reidbench pretrain`` makes those weights on each machine,
+  bit-identical on one but not across CPUs, and results move with them more than with the
+  seed, so runs from different tiny CLIPs are different setups (runs logged before the tag
+  existed have no suffix). Runs of different setups are never averaged together, and the
   difference to the published number (``diff_*``) is filled only for ``paper`` rows:
   other rows show the published number beside theirs, labelled, never compared.
 * A synthetic dataset is shown against the real benchmark it stands in for
@@ -102,6 +107,8 @@ from typing import Mapping
 
 import numpy as np
 import pandas as pd
+
+from .tracking import INIT_TAG
 
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 PER_SEED = ("R1", "mAP")  # metrics whose per-seed values the leaderboard lists beside mean ± std
@@ -243,8 +250,10 @@ def paper_dataset(dataset: str) -> str:
     return dataset
 
 
-def setup_label(params: Mapping[str, str], dataset: str) -> str:
-    """How a run's setup differs from the paper's (module docstring); ``paper`` if it does not."""
+def setup_label(params: Mapping[str, str], dataset: str, init_sha256: str | None = None) -> str:
+    """How a run's setup differs from the paper's (module docstring); ``paper`` if it does not.
+    ``init_sha256``: the run's ``backbone.init_sha256`` tag, appended as ``@<8 hex digits>`` when
+    the backbone is the synthetically pretrained tiny CLIP (machine-made weights)."""
     preset = params.get("preset")
     if preset in (None, "", "nan"):
         return "unknown"
@@ -266,7 +275,10 @@ def setup_label(params: Mapping[str, str], dataset: str) -> str:
     with contextlib.suppress(TypeError, ValueError):
         if scale not in (None, "") and float(scale) != 1.0:
             labels.append(f"epochs*{float(scale):g}")
-    return "/".join(labels) or "paper"
+    label = "/".join(labels) or "paper"
+    if params.get("backbone.pretrained") == "synthetic" and isinstance(init_sha256, str) and init_sha256:
+        label += f"@{init_sha256[:8]}"
+    return label
 
 
 @dataclass
@@ -313,7 +325,7 @@ def load_runs(experiment: str, tracking_uri: str | None = None) -> BoardRuns:
     df["seed"] = df["tags.seed"]
     param_cols = [c for c in df.columns if c.startswith("params.")]
     df["setup"] = [setup_label({c[len("params."):]: row[c] for c in param_cols if isinstance(row[c], str)},
-                               row["dataset"]) for _, row in df.iterrows()]
+                               row["dataset"], row.get(f"tags.{INIT_TAG}")) for _, row in df.iterrows()]
     df["paper_dataset"] = [paper_dataset(d) for d in df["dataset"]]
     df = df.sort_values("end_time")
     # A run re-run with the same resolved config is tagged superseded (tracking.open_run) and kept

@@ -87,6 +87,8 @@ def artifact_location(uri: str) -> str | None:
 
 
 SUPERSEDED_TAG = "superseded"
+# the backbone weights a run started from (trainer.weights_fingerprint); the leaderboard separates by it
+INIT_TAG = "backbone.init_sha256"
 
 
 def _filter_value(value: str) -> str:

@@ -33,6 +33,7 @@ from ..datasets import ReidDataset, Sample, build_dataset
 from ..methods import LOGGED, DataSpec, Method, Stage, get_method, list_methods
 from . import checkpoint as ckpt
 from .optim import build_optimizer, lr_factor, param_groups, scale_schedule, set_lr, set_trainable, stage_epochs
+from .tracking import INIT_TAG
 from .validation import SELECTION_METRIC, Validation, plan_validation
 from .evaluate import flip_average, rank_metrics_from_features, retrieval_metrics
 from .requirements import check_requirements, required_text_kinds
@@ -347,7 +348,7 @@ def fit(cfg: RunConfig, env: WorkerEnv) -> dict[str, float]:
     method = prep.method.to(env.device)
     validation = prep.validation
     if env.tracker is not None:  # which protocol and split select the model, and which weights it started from
-        env.tracker.set_tags({**validation.tags(), "backbone.init_sha256": weights_fingerprint(method.backbone)})
+        env.tracker.set_tags({**validation.tags(), INIT_TAG: weights_fingerprint(method.backbone)})
     if env.is_main:
         print(selection_notice(cfg, validation), file=sys.stderr, flush=True)
     config_dict = resolved_dict(cfg)
