@@ -13,6 +13,7 @@ from reidbench.config import from_dict
 from reidbench.harness.optim import lr_factor, param_groups, set_trainable
 from reidbench.methods import LOGGED, DataSpec, get_method
 from reidbench.methods.clip_scgi import ClipScgiConfig, reweigh
+from reidbench.methods.components import encode_images
 
 NUM_CLASSES = 4
 
@@ -94,8 +95,8 @@ def test_evaluation_never_reads_a_caption():
 
 
 def test_the_test_caption_is_the_fixed_sentence_not_the_training_one():
-    """The caption slot at test time holds ``test_caption``: changing it changes the embedding."""
-    a, b = build(), build(test_caption="a photo of a person in red")
+    """With CGI kept at test time, the caption slot holds ``test_caption``: changing it changes the embedding."""
+    a, b = build(test_branch="inversion"), build(test_branch="inversion", test_caption="a photo of a person in red")
     a.eval(), b.eval()
     batch = eval_batch(a)
     with torch.no_grad():
@@ -141,7 +142,7 @@ ROWS = {
     "replace_q": {"cff_query": "image"},
     "cff_kv_tokens": {"cff_kv": "tokens"},
     "fixed_caption": {"caption_source": "fixed"},
-    "plain_prompt_at_test": {"test_branch": "plain_prompt"},
+    "inversion_at_test": {"test_branch": "inversion"},
     "depth6_k8": {"cgi_depth": 6, "num_queries": 8},
 }
 
@@ -164,7 +165,7 @@ def test_each_ablation_row_builds_and_steps(row):
 
 def test_the_text_query_shapes_the_fused_embedding():
     """CFF with the default v_cls key: the prompt still reaches the embedding (the residual decision)."""
-    method = build()
+    method = build(test_branch="inversion")
     method.eval()
     batch = eval_batch(method)
     with torch.no_grad():
@@ -172,6 +173,25 @@ def test_the_text_query_shapes_the_fused_embedding():
         method.cgi.global_mapper[-1].bias.add_(1.0)  # a different pseudo-word S*
         after = method.embed_image(batch)
     assert not torch.allclose(before, after)
+
+
+def test_by_default_the_caption_guided_branch_is_removed_at_test_time():
+    """Sec. III-C: at inference CFF reads "a photo of a person"; CGI does not run (a changed CGI
+    changes nothing), while in training S* reaches the embedding."""
+    method = build()
+    batch = eval_batch(method)
+    method.eval()
+    with torch.no_grad():
+        before = method.embed_image(batch)
+        prompt = method.encode_prompt(None, batch["image"].shape[0])
+        tokens = method.backbone.visual_projection(encode_images(method.backbone, batch, method.config.sie).tokens)
+        assert torch.allclose(before, method.fuse(tokens, prompt))
+        method.cgi.global_mapper[-1].bias.add_(1.0)
+        assert torch.equal(before, method.embed_image(batch))
+        method.train()
+        trained_before = method.forward_features(train_batch(), training=True)[0]
+        method.cgi.global_mapper[-1].bias.add_(1.0)
+        assert not torch.allclose(trained_before, method.forward_features(train_batch(), training=True)[0])
 
 
 def test_a_config_without_either_module_is_refused():
