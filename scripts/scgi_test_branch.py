@@ -6,9 +6,10 @@
 Each argument is a trained ``clip_scgi`` run folder (or checkpoint). The paper reads no
 caption at test time; how the caption-guided branch is then formed it leaves open. Rows:
 
-* ``inversion`` (the method's default, ``test_branch="inversion"``): ``t`` = the embedding of
-  "a photo of a person" (``test_caption``);
-* ``plain_prompt`` (``test_branch="plain_prompt"``): no S*, CFF reads "a photo of a person";
+* ``inversion`` (``test_branch="inversion"``, the default until this measurement): ``t`` =
+  the embedding of "a photo of a person" (``test_caption``);
+* ``plain_prompt`` (``test_branch="plain_prompt"``, the default): no S*, CFF reads "a photo of
+  a person";
 * ``mean_caption``: ``t`` = the mean embedding of the training split's captions, the
   expected ``t`` of training, computed once (no test caption is read);
 * ``own_caption`` (an oracle, not a deployment): each test image's own caption, as in
