@@ -116,6 +116,9 @@ def main() -> None:
         other = scores["random init"]["zero_shot"][factor]
         print(f"  zero-shot {factor:<26s}{r['accuracy']:>11.3f}{other['accuracy']:>14.3f}{r['chance']:>9.3f}"
               f"{r['majority']:>11.3f}")
+        if r.get("plain_accuracy") is not None:
+            print(f"    {factor}, plain garments (n={r['plain_n']}){'':<{12 - len(str(r['plain_n']))}}"
+                  f"{r['plain_accuracy']:>5.3f}{other['plain_accuracy']:>14.3f}")
 
     t2i = {}
     if not args.no_pedes:
