@@ -32,11 +32,15 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in kinds:
-            raise SystemExit(f"pretrain_probe: {item!r} is not key=value with a PretrainConfig field "
-                             f"(fields: {', '.join(kinds)})")
+            print(f"pretrain_probe: {item!r} is not key=value with a PretrainConfig field "
+                  f"(fields: {', '.join(kinds)})", file=sys.stderr)
+            raise SystemExit(2)
         default = getattr(defaults, key)
-        out[key] = (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else (
-            type(default)(value) if default is not None else int(value))
+        kind = type(default) if default is not None else int
+        try:
+            out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r}: expected {kind.__name__} (default {default!r})") from None
     return out
 
 
@@ -46,9 +50,12 @@ def main() -> int:
     p.add_argument("--out", required=True, help="CSV to append the row to")
     p.add_argument("--cache-dir", default=None, help="scratch cache (default: a new temporary directory)")
     args = p.parse_args()
-    overrides = parse_overrides(args.overrides)
+    try:
+        cfg = P.PretrainConfig(**parse_overrides(args.overrides))
+    except ValueError as err:  # a value of the wrong type, or a config PretrainConfig refuses
+        print(f"pretrain_probe: {err}", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
-    cfg = P.PretrainConfig(**overrides)
     started = time.time()
     cache = args.cache_dir or tempfile.mkdtemp(prefix="reidbench-pretrain-probe-")
     record = P.read_record(P.pretrain_tiny(cfg, cache_dir=cache, stream=None))
