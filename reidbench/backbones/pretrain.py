@@ -61,7 +61,7 @@ diagnostic) reached only 0.70 / 0.77 in 750 steps of 64, at lr 3e-4 and 1e-3 ali
 recipe spends the budget where the image tower learns fastest: a stronger anchor loss (weight
 1 -> 25 at 900 of 64: lower colour 0.436 -> 0.643), more and smaller steps (batch 32 costs
 10 % more time per image than 64 and learns more per image; 16 adds nothing), and as many
-steps as 8 minutes of first use allow. lr 5e-4 beat 1e-3 at both batch sizes. Upper colour is
+steps as 8 minutes of first use allow. lr 5e-4 matched or beat 1e-3 at both batch sizes. Upper colour is
 bounded by its labels: a striped or checked top shows its two colours about equally and is
 labelled with the first, so zero-shot results also report ``plain_accuracy``.
 

@@ -19,7 +19,7 @@ class PretrainConfig:
     seed: int = 0
     image_size: tuple[int, int] = (128, 64)
     batch_size: int = 32
-    steps: int | None = 2100  # optimizer steps (about 420 s of training, 7.5 min first use, on 2 idle CPU cores) ...
+    steps: int | None = 2100  # optimizer steps (433-476 s of training, 456-504 s first use, on 2 idle CPU cores) ...
     minutes: float | None = None  # ... or a wall-clock training budget (exactly one of the two)
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -64,7 +64,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--force", action="store_true", help="pretrain again even if the cache holds this config")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
-                        help=f"optimizer steps (default {defaults.steps}, about 7.5 minutes of first use on 2 idle CPU cores)")
+                        help=f"optimizer steps (default {defaults.steps}, about 8 minutes of first use on 2 idle CPU cores)")
     budget.add_argument("--minutes", type=float, default=None,
                         help="a wall-clock training budget instead of --steps (faster machines then train longer)")
     parser.add_argument("--images", type=int, default=defaults.n_images, help="synthetic image-caption pairs")
