@@ -17,31 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from reidbench.backbones import pretrain as P
-
-
-def parse_overrides(items: list[str]) -> dict:
-    kinds = {f.name: f for f in fields(P.PretrainConfig)}
-    defaults = P.PretrainConfig()
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in kinds:
-            print(f"pretrain_probe: {item!r} is not key=value with a PretrainConfig field "
-                  f"(fields: {', '.join(kinds)})", file=sys.stderr)
-            raise SystemExit(2)
-        default = getattr(defaults, key)
-        kind = type(default) if default is not None else int
-        try:
-            out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r}: expected {kind.__name__} (default {default!r})") from None
-    return out
+from reidbench.config import load_config
 
 
 def main() -> int:
@@ -51,8 +32,8 @@ def main() -> int:
     p.add_argument("--cache-dir", default=None, help="scratch cache (default: a new temporary directory)")
     args = p.parse_args()
     try:
-        cfg = P.PretrainConfig(**parse_overrides(args.overrides))
-    except ValueError as err:  # a value of the wrong type, or a config PretrainConfig refuses
+        cfg = load_config(P.PretrainConfig, overrides=args.overrides)
+    except ValueError as err:  # an unknown field, a value of the wrong type, or a config PretrainConfig refuses
         print(f"pretrain_probe: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
