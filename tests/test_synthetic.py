@@ -364,14 +364,20 @@ def test_patterned_fills_show_their_second_colour_where_the_pattern_says(pattern
     h, w = 30, 20
     yy, xx = np.mgrid[0:h, 0:w].astype(float)
     c1, c2, cast = np.array([0.8, 0.2, 0.1]), np.array([0.1, 0.3, 0.9]), np.array([1.1, 1.0, 0.9])
-    fill = R.Fill(c1, c2, pattern, period=3.5, y_ref=1.2, x_ref=2.7, split_y=12.0, shade=0.0)
+    fill = R.Fill(c1, c2, pattern, period=4.5, y_ref=1.2, x_ref=2.7, split_y=12.0, shade=0.0)
     p = R.Painter(np.zeros((3, h, w), dtype=np.float32), cast)
     p.rect(0, h, 0, w, fill, R.UPPER, R.P_UPPER)
     img, _, _ = p.resolve()
-    row, col = np.floor((yy - 1.2) / 3.5).astype(int) & 1, np.floor((xx - 2.7) / 3.5).astype(int) & 1
-    second = {"striped": row == 1, "vstriped": col == 1, "checked": row != col, "two-tone": yy >= 12.0,
-              "noise": (np.floor(yy / 3.5) * 7 + np.floor(xx / 3.5) * 13) % 5 < 2}[pattern]
+    def band(v, share):  # in the last `share` of a stripe cycle 2 x period long
+        cycle = v / 9.0
+        return cycle - np.floor(cycle) >= 1.0 - share
+
+    row, col = band(yy - 1.2, 1 / 3), band(xx - 2.7, 1 / 3)
+    second = {"striped": row, "vstriped": col, "checked": band(yy - 1.2, 0.2) | band(xx - 2.7, 0.2),
+              "two-tone": yy >= 12.0, "noise": (np.floor(yy / 4.5) * 7 + np.floor(xx / 4.5) * 13) % 5 < 2}[pattern]
     assert 0.2 < second.mean() < 0.8
+    if pattern in ("striped", "vstriped", "checked"):  # the first-named colour is the garment's dominant one
+        assert second.mean() < 0.5
     expected = np.where(second[None], (c2 * cast)[:, None, None], (c1 * cast)[:, None, None])
     assert np.allclose(img, expected, atol=1e-6)
     with pytest.raises(ValueError, match="unknown fill pattern 'dotted'"):

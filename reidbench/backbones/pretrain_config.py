@@ -19,7 +19,7 @@ class PretrainConfig:
     seed: int = 0
     image_size: tuple[int, int] = (128, 64)
     batch_size: int = 32
-    steps: int | None = 2100  # optimizer steps (433-476 s of training, 456-504 s first use, on 2 idle CPU cores) ...
+    steps: int | None = 2000  # optimizer steps (see results/pretrain_quality.txt for the time on 2 idle CPU cores) ...
     minutes: float | None = None  # ... or a wall-clock training budget (exactly one of the two)
     lr: float = 5e-4
     weight_decay: float = 0.1
