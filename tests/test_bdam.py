@@ -181,6 +181,27 @@ def test_rows_without_a_module_or_a_loss_train_only_what_they_use():
         BDAMConfig(info=False, triplet=False, fusion=False)
 
 
+def test_new_modules_train_at_their_lr_multiplier_and_the_backbone_at_the_base_lr():
+    from reidbench.harness.optim import param_groups
+
+    def lrs(method):
+        stage = method.stages()[0]
+        set_trainable(method, stage)
+        by_param = {id(p): g["lr"] for g in param_groups(method, stage) for p in g["params"]}
+        return {n: by_param[id(p)] for n, p in method.named_parameters() if id(p) in by_param}
+
+    plain, fast = lrs(build()), lrs(build(new_module_lr_mult=10.0))
+    lr = BDAMConfig.preset("tiny")["lr"] if "lr" in BDAMConfig.preset("tiny") else BDAMConfig.lr
+    for name, value in fast.items():
+        top = name.split(".")[0]
+        expected = {"bdam": 10 * lr, "fusion": 10 * lr, "clo_to_text": 10 * lr, "gradnorm": plain[name]}.get(top, lr)
+        assert value == pytest.approx(expected), name
+    assert any(n.startswith("backbone.") for n in fast) and all(v == pytest.approx(lr) for n, v in plain.items()
+                                                               if not n.startswith("gradnorm."))
+    with pytest.raises(ValueError, match="new_module_lr_mult"):
+        BDAMConfig(new_module_lr_mult=0.0)
+
+
 # ------------------------------------------------------------------ evaluation
 
 

@@ -60,6 +60,9 @@ exponent on the loss ratios; ``"weight"`` reads Eq. 6 as printed, α multiplying
 λ = 0, the only regulariser the paper defines. The task weights train at
 ``gradnorm_lr_mult`` (100) times the lr without weight decay: at lr 1e-4 they would
 otherwise barely move in a run. ``gradnorm=False`` sums the losses with weight 1.
+``new_module_lr_mult`` (1, the paper's single lr) multiplies the lr of every module outside
+the backbone (BDAM, the fusion, the clothing projection): IRRA and CLIP-ReID train their
+randomly initialised heads faster than the pretrained towers.
 
 **Mamba fusion (Sec. III-D).** An FFN aligns the visual identity features and the
 identity description's text features to ``fusion_dim`` (256 in the paper), a softmax
@@ -157,6 +160,7 @@ class BDAMConfig(PresetConfig):
     gradnorm_alpha_role: Literal["exponent", "weight"] = "exponent"
     gradnorm_lambda: float = 0.1  # λ of Σ (log w_k)^2 (not given); Table IV "w/o Gate Reg.": 0
     gradnorm_lr_mult: float = 100.0  # the task weights' lr multiplier (not given)
+    new_module_lr_mult: float = 1.0  # lr multiplier of the modules outside the backbone (Sec. IV-A: 1)
     # Mamba fusion (Sec. III-D; Table III)
     fusion: bool = True
     fusion_dim: int = 256
@@ -195,6 +199,8 @@ class BDAMConfig(PresetConfig):
             raise ValueError(f"bdam: mamba_layers must be >= 1 (mamba=false removes Mamba), got {self.mamba_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"bdam: dropout must be in [0, 1), got {self.dropout}")
+        if self.new_module_lr_mult <= 0:
+            raise ValueError(f"bdam: new_module_lr_mult must be > 0, got {self.new_module_lr_mult}")
         if self.gradnorm_lambda < 0 or self.gradnorm_alpha < 0:
             raise ValueError(f"bdam: gradnorm_alpha and gradnorm_lambda must be >= 0, got "
                              f"{self.gradnorm_alpha} and {self.gradnorm_lambda}")
@@ -408,10 +414,12 @@ class BDAMethod(Method):
             own.append("fusion." if self.fusion is not None else "out.")
         if self.gradnorm is not None:
             own.append("gradnorm.")
+        groups: list[tuple] = [("gradnorm.", cfg.gradnorm_lr_mult, 0.0)] if self.gradnorm is not None else []
+        if cfg.new_module_lr_mult != 1.0:
+            groups += [(p, cfg.new_module_lr_mult) for p in own if p != "gradnorm."]
         return [Stage(name=TRAIN_STAGE, epochs=cfg.epochs, lr=cfg.lr, trainable=(*image_side, *text_side, *own),
                       optimizer="adam", weight_decay=cfg.weight_decay, schedule="cosine",
-                      warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor,
-                      param_groups=(("gradnorm.", cfg.gradnorm_lr_mult, 0.0),) if self.gradnorm is not None else ())]
+                      warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor, param_groups=tuple(groups))]
 
     # ------------------------------------------------------------------ parts
 
