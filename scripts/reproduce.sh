@@ -34,9 +34,10 @@ sweep benchmark_synthetic_occluded sweeps/benchmark.py --datasets synthetic_occl
 sweep bdam_synthetic_pedes sweeps/ablation_bdam.py \
   --rows 'bdam/default,t2i_baseline/default,bdam/no_infonce,bdam/no_triplet,bdam/no_align_loss,bdam/no_decouple,bdam/no_gate_reg' \
   data.synthetic.difficulty=0.5
-# BDAM's two gallery variants (identity descriptions fused, image only) and its new modules at 10x the lr.
+# BDAM's two gallery variants (identity descriptions fused, image only), its new modules at 10x the
+# lr, and 4x the epochs.
 sweep bdam_gallery_synthetic_pedes sweeps/ablation_bdam.py \
-  --rows 'bdam/default,bdam/image_only_gallery,bdam/new_module_lr_x10,t2i_baseline/default' \
+  --rows 'bdam/default,bdam/image_only_gallery,bdam/new_module_lr_x10,bdam/epochs_48,t2i_baseline/default' \
   data.synthetic.difficulty=0.5
 # CLIP-SCGI (issue 18): Table III rows and the fixed-sentence control against clip_reid and the baseline.
 sweep scgi_market_occluded sweeps/ablation_scgi.py \
