@@ -80,16 +80,14 @@ def sweep_command(out: Path, market_root: str, *extra: str) -> list[str]:
             "data.p=4", "data.k=2", "data.val_fraction=0.25", "optim.epochs_scale=0.3"]
 
 
-def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)  # a local Ray session of the sweep's own
+def start_and_wait_for_an_epoch(tmp_path: Path, market_root: str, env: dict) -> tuple[subprocess.Popen, MlflowClient]:
+    """A sweep driver in its own session, returned once its first trial has logged an epoch."""
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(sweep_command(tmp_path, market_root), stdout=log, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True)
     db = tmp_path / "mlflow.db"
     client = MlflowClient(f"sqlite:///{db}")
     deadline = time.time() + 600
-    # Kill the driver (and its whole Ray session) once the first trial has logged an epoch.
     while time.time() < deadline and first.poll() is None:
         time.sleep(2)
         if db.exists():
@@ -98,6 +96,19 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
             if any("train/loss" in r.data.metrics for r in runs):
                 break
     assert first.poll() is None, f"the sweep ended before it could be killed:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+    return first, client
+
+
+def sweep_env() -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # a local Ray session of the sweep's own
+    return env
+
+
+def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
+    env = sweep_env()
+    # Kill the driver and its whole Ray session (SIGKILL: nothing can clean up).
+    first, client = start_and_wait_for_an_epoch(tmp_path, market_root, env)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
@@ -122,6 +133,43 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, market_root):
     # where the trials' time went is reported (seconds outside training and evaluation)
     assert re.search(r"\[sweep\] per-trial overhead .*: mean \d+\.\d s, max \d+\.\d s over \d+ trials",
                      resumed.stdout), resumed.stdout[-3000:]
+
+
+def test_a_sigterm_stops_the_sweep_with_no_run_left_running_and_resume_finishes_it(tmp_path, market_root):
+    env = sweep_env()
+    first, client = start_and_wait_for_an_epoch(tmp_path, market_root, env)
+    os.kill(first.pid, signal.SIGTERM)  # the driver only, as a scheduler or `kill` would
+    code = first.wait(timeout=300)
+    log = (tmp_path / "first.log").read_text()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    assert code == 128 + signal.SIGTERM, log[-3000:]
+    assert "SIGTERM received" in log and "--resume" in log, log[-3000:]
+    exp = client.get_experiment_by_name("killed")
+    statuses = [r.info.status for r in client.search_runs([exp.experiment_id])]
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+
+    resumed = subprocess.run(sweep_command(tmp_path, market_root, "--resume"), capture_output=True, text=True,
+                             env=env, timeout=1200)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = client.search_runs([exp.experiment_id])
+    assert {r.info.status for r in runs} == {"FINISHED"} and len({r.info.run_name for r in runs}) == len(runs)
+
+
+def test_closing_stale_runs_leaves_another_sweeps_runs_of_the_experiment_alone(tmp_path):
+    from reidbench.harness.tune import close_stale_runs, sweep_base
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("shared")
+    mine, other = tmp_path / "a" / "shared" / "runs", tmp_path / "b" / "shared" / "runs"
+    ids = {name: client.create_run(exp_id, tags={"run_dir": str(root / name / "0" / "abc")}).info.run_id
+           for name, root in (("m1", mine), ("m2", mine), ("o1", other))}
+    client.set_terminated(ids["m2"], status="FINISHED")
+    base = sweep_base([f"tracking.tracking_uri={uri}"], "shared", str(tmp_path / "a"))
+    assert close_stale_runs(base, mine) == 1
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"m1": "KILLED", "m2": "FINISHED", "o1": "RUNNING"}
 
 
 def test_a_fresh_sweep_never_deletes_an_earlier_one(tmp_path, capsys):

@@ -344,6 +344,9 @@ def train_run(cfg: RunConfig, resume: bool = False, force: bool = False, progres
         except (KeyboardInterrupt, TrainingInterrupted):
             status = "KILLED"
             raise
+        except SystemExit as exc:  # a clean exit asked from outside (Ray Tune stopping a trial: sys.exit(0))
+            status = "KILLED" if exc.code in (None, 0) else "FAILED"
+            raise
         finally:
             close_run(uri, run_id, status)
     metrics["run_id"] = run_id

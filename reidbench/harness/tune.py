@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -140,18 +141,55 @@ def connect_ray() -> None:
         ray.init(log_to_driver=False, include_dashboard=False)
 
 
-def close_stale_runs(base: list[str]) -> int:
-    """Mark the experiment's RUNNING runs KILLED (their drivers are gone); return how many."""
+def close_stale_runs(base: list[str], runs_dir: Path) -> int:
+    """Mark this sweep's RUNNING runs KILLED (their trials are gone); return how many. Only runs
+    whose run folder lies under ``runs_dir`` are this sweep's: another sweep logging to the same
+    experiment from another ``--output-dir`` may be running now."""
     from .run_config import build_run_config
     from .tracking import client_for, experiment_id, tracking_uri
 
     cfg = build_run_config(overrides=base)
     client = client_for(tracking_uri(cfg))
     exp_id = experiment_id(client, cfg.tracking.experiment)
-    stale = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'")
+    prefix = str(runs_dir) + os.sep
+    stale = [run for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'",
+                                               max_results=10000)
+             if run.data.tags.get("run_dir", "").startswith(prefix)]
     for run in stale:
         client.set_terminated(run.info.run_id, status="KILLED")
     return len(stale)
+
+
+class SweepStopped(Exception):
+    """A SIGTERM stopped the sweep; its Tune state and checkpoints are kept for ``--resume``."""
+
+    def __init__(self, signum: int, closed: int) -> None:
+        super().__init__(f"{signal.Signals(signum).name} received: the trials were stopped, {closed} MLflow "
+                         "run(s) marked KILLED; rerun the same command with --resume to continue")
+        self.signum = signum
+
+
+def fit_until_signal(tuner, base: list[str], runs_dir: Path):
+    """``tuner.fit()``, with SIGTERM handled as Tune handles SIGINT (stop the trials, save the
+    sweep's state), and no MLflow run of this sweep left RUNNING however it ends (a trial
+    actor stopped mid-epoch never closes its own run). Raises ``SweepStopped`` after a SIGTERM."""
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        results = tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        closed = close_stale_runs(base, runs_dir)
+        if closed and not received:
+            print(f"[sweep] marked {closed} interrupted MLflow run(s) KILLED; --resume continues them")
+    if received:
+        raise SweepStopped(received[0], closed)
+    return results
 
 
 def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: str, resume: bool = False,
@@ -198,7 +236,7 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
     trainable = ray.tune.with_resources(_trial_trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     storage = str(out / experiment / "tune")
     if resume and ray.tune.Tuner.can_restore(str(path)):
-        print(f"[sweep] resuming {path}; closed {close_stale_runs(base)} stale RUNNING MLflow runs")
+        print(f"[sweep] resuming {path}; closed {close_stale_runs(base, runs_dir)} stale RUNNING MLflow runs")
         tuner = ray.tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         # A fresh sweep (checked above: nothing of an earlier one here); within it, trials always
@@ -215,7 +253,7 @@ def run_sweep(points: list[dict], base: list[str], experiment: str, output_dir: 
                                           callbacks=[JsonLoggerCallback()],
                                           failure_config=ray.tune.FailureConfig(max_failures=max_failures)),
         )
-    return tuner.fit()
+    return fit_until_signal(tuner, base, runs_dir)
 
 
 def sweep_base(base: list[str], experiment: str, output_dir: str) -> list[str]:
@@ -300,6 +338,9 @@ def sweep_main(trials: Callable[[argparse.Namespace], list[Trial]], default_data
     except ValueError as exc:  # bad input found before any trial ran (an earlier sweep, a bad override)
         print(f"[sweep] {exc}", file=sys.stderr)
         return 2
+    except SweepStopped as exc:
+        print(f"[sweep] {exc}", file=sys.stderr)
+        return 128 + exc.signum
     errors = [r for r in results if r.error]
     overheads = [r.metrics["overhead_seconds"] for r in results if r.metrics and "overhead_seconds" in r.metrics]
     if overheads:
