@@ -22,10 +22,11 @@ onto ``params.*`` (``reidbench/methods/bdam.py`` documents each switch):
   regulariser the paper defines (Eq. 6's λ Σ (log w_k)^2).
 
 Beyond the tables: ``image_only_gallery`` (``gallery_texts=none``: no identity
-descriptions, at training or test time) and ``global_sequence`` (Mamba over the printed
-length-one ``W_img f_img + W_txt f_txt``) and ``new_module_lr_x10`` (the modules outside the
+descriptions, at training or test time), ``global_sequence`` (Mamba over the printed
+length-one ``W_img f_img + W_txt f_txt``), ``new_module_lr_x10`` (the modules outside the
 backbone at 10x the lr, as IRRA and CLIP-ReID train their new heads; the paper has one lr) and
-``epochs_48`` (4x the tiny preset's 12 epochs: how far the new modules are from trained). The α x λ grid (α ∈ {0.5, 1, 1.5, 2}, the
+``epochs_48`` (4x the tiny preset's 12 epochs: how far the new modules are from trained).
+The α x λ grid (α ∈ {0.5, 1, 1.5, 2}, the
 paper's 1.5, in GradNorm's exponent role; λ ∈ {0.01, 0.1, 1}: the paper gives no value, the
 default is 0.1) runs outside ``--smoke``; ``reidbench leaderboard`` draws α and λ sensitivity plots from it.
 """

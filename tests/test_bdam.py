@@ -191,7 +191,7 @@ def test_new_modules_train_at_their_lr_multiplier_and_the_backbone_at_the_base_l
         return {n: by_param[id(p)] for n, p in method.named_parameters() if id(p) in by_param}
 
     plain, fast = lrs(build()), lrs(build(new_module_lr_mult=10.0))
-    lr = BDAMConfig.preset("tiny")["lr"] if "lr" in BDAMConfig.preset("tiny") else BDAMConfig.lr
+    lr = build().config.lr
     for name, value in fast.items():
         top = name.split(".")[0]
         expected = {"bdam": 10 * lr, "fusion": 10 * lr, "clo_to_text": 10 * lr, "gradnorm": plain[name]}.get(top, lr)
